@@ -1,0 +1,488 @@
+//! The RocksDB index: column families, key encodings, queries.
+//!
+//! Column families:
+//! - `segments`: `camera 0x00 stream 0x00 start(8, sortable) sequence(8, BE)` → [`SegmentRecord`]
+//! - `segment_ids`: `segment id (16)` → key in `segments`
+//! - `cameras`: `camera` → segment count, bytes and streams
+//! - `pending`: `segment id (16)` → object key of an upload in flight (write intent)
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use custody_core::{CameraId, SegmentId, StreamName, TimeRange, Timestamp};
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use serde::{Deserialize, Serialize};
+
+use crate::{CameraSummary, CatalogError, SegmentRecord};
+
+const CF_SEGMENTS: &str = "segments";
+const CF_SEGMENT_IDS: &str = "segment_ids";
+const CF_CAMERAS: &str = "cameras";
+const CF_PENDING: &str = "pending";
+const CFS: [&str; 4] = [CF_SEGMENTS, CF_SEGMENT_IDS, CF_CAMERAS, CF_PENDING];
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct CameraCounts {
+    segments: u64,
+    bytes: u64,
+    streams: BTreeSet<StreamName>,
+}
+
+/// One page of a segment listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentPage {
+    /// Segments in (start, stream, sequence) order.
+    pub segments: Vec<SegmentRecord>,
+    /// Token for the next page, if any.
+    pub next_page_token: Option<String>,
+}
+
+/// The catalog of one node.
+#[derive(Clone)]
+pub struct Catalog {
+    db: Arc<DB>,
+    /// Serialises read-modify-write of camera counts.
+    counts_lock: Arc<Mutex<()>>,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog").field("path", &self.db.path()).finish()
+    }
+}
+
+fn segment_key(camera: &CameraId, stream: &StreamName, start: Timestamp, sequence: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(camera.as_str().len() + stream.as_str().len() + 18);
+    k.extend_from_slice(camera.as_str().as_bytes());
+    k.push(0);
+    k.extend_from_slice(stream.as_str().as_bytes());
+    k.push(0);
+    k.extend_from_slice(&start.to_sortable_bytes());
+    k.extend_from_slice(&sequence.to_be_bytes());
+    k
+}
+
+fn stream_prefix(camera: &CameraId, stream: &StreamName) -> Vec<u8> {
+    let mut k = camera.as_str().as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(stream.as_str().as_bytes());
+    k.push(0);
+    k
+}
+
+fn decode<T: for<'a> Deserialize<'a>>(key: &[u8], value: &[u8]) -> Result<T, CatalogError> {
+    postcard::from_bytes(value).map_err(|e| CatalogError::Corrupt {
+        key: hex_of(key),
+        reason: e.to_string(),
+    })
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serialising plain records into a Vec cannot fail.
+    postcard::to_allocvec(v).unwrap_or_default()
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn sync_opts() -> WriteOptions {
+    let mut w = WriteOptions::default();
+    w.set_sync(true);
+    w
+}
+
+impl Catalog {
+    /// Opens (or creates) the catalog at `path`.
+    pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let cfs = CFS
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        Ok(Catalog {
+            db: Arc::new(db),
+            counts_lock: Arc::new(Mutex::new(())),
+        })
+    }
+
+    /// Deletes the catalog at `path` (for a rebuild).
+    pub fn destroy(path: &Path) -> Result<(), CatalogError> {
+        DB::destroy(&Options::default(), path)?;
+        Ok(())
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        // Every CF in CFS is created at open.
+        self.db.cf_handle(name).unwrap_or_else(|| unreachable!("column family {name} exists"))
+    }
+
+    /// Records that an upload of `id` to `object_key` is in flight, durably.
+    pub fn add_pending(&self, id: &SegmentId, object_key: &str) -> Result<(), CatalogError> {
+        self.db
+            .put_cf_opt(self.cf(CF_PENDING), id.as_bytes(), object_key.as_bytes(), &sync_opts())?;
+        Ok(())
+    }
+
+    /// Forgets a write intent.
+    pub fn remove_pending(&self, id: &SegmentId) -> Result<(), CatalogError> {
+        self.db
+            .delete_cf_opt(self.cf(CF_PENDING), id.as_bytes(), &sync_opts())?;
+        Ok(())
+    }
+
+    /// Every write intent left, as (segment id, object key).
+    pub fn pending(&self) -> Result<Vec<(SegmentId, String)>, CatalogError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_PENDING), IteratorMode::Start) {
+            let (k, v) = item?;
+            let id: [u8; 16] = k.as_ref().try_into().map_err(|_| CatalogError::Corrupt {
+                key: hex_of(&k),
+                reason: "pending key is not a segment id".into(),
+            })?;
+            out.push((SegmentId::from_bytes(id), String::from_utf8_lossy(&v).into_owned()));
+        }
+        Ok(out)
+    }
+
+    /// Indexes a stored segment (and clears its write intent), durably and atomically.
+    /// Indexing a segment already present is a no-op.
+    pub fn put_segment(&self, rec: &SegmentRecord) -> Result<(), CatalogError> {
+        let _guard = self.counts_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.get(&rec.segment_id)?.is_some() {
+            self.remove_pending(&rec.segment_id)?;
+            return Ok(());
+        }
+        let key = segment_key(&rec.camera, &rec.stream, rec.range.start(), rec.sequence);
+        let mut counts = self.counts(&rec.camera)?;
+        counts.segments += 1;
+        counts.bytes += rec.size;
+        counts.streams.insert(rec.stream.clone());
+        let mut b = WriteBatch::default();
+        b.put_cf(self.cf(CF_SEGMENTS), &key, encode(rec));
+        b.put_cf(self.cf(CF_SEGMENT_IDS), rec.segment_id.as_bytes(), &key);
+        b.put_cf(self.cf(CF_CAMERAS), rec.camera.as_str().as_bytes(), encode(&counts));
+        b.delete_cf(self.cf(CF_PENDING), rec.segment_id.as_bytes());
+        self.db.write_opt(b, &sync_opts())?;
+        Ok(())
+    }
+
+    /// Removes a segment from the index; returns what was removed.
+    pub fn delete_segment(&self, id: &SegmentId) -> Result<Option<SegmentRecord>, CatalogError> {
+        let _guard = self.counts_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(rec) = self.get(id)? else {
+            return Ok(None);
+        };
+        let key = segment_key(&rec.camera, &rec.stream, rec.range.start(), rec.sequence);
+        let mut counts = self.counts(&rec.camera)?;
+        counts.segments = counts.segments.saturating_sub(1);
+        counts.bytes = counts.bytes.saturating_sub(rec.size);
+        let mut b = WriteBatch::default();
+        b.delete_cf(self.cf(CF_SEGMENTS), &key);
+        b.delete_cf(self.cf(CF_SEGMENT_IDS), id.as_bytes());
+        if counts.segments == 0 {
+            b.delete_cf(self.cf(CF_CAMERAS), rec.camera.as_str().as_bytes());
+        } else {
+            b.put_cf(self.cf(CF_CAMERAS), rec.camera.as_str().as_bytes(), encode(&counts));
+        }
+        self.db.write_opt(b, &sync_opts())?;
+        Ok(Some(rec))
+    }
+
+    fn counts(&self, camera: &CameraId) -> Result<CameraCounts, CatalogError> {
+        let k = camera.as_str().as_bytes();
+        match self.db.get_cf(self.cf(CF_CAMERAS), k)? {
+            Some(v) => decode(k, &v),
+            None => Ok(CameraCounts::default()),
+        }
+    }
+
+    /// The segment with this id.
+    pub fn get(&self, id: &SegmentId) -> Result<Option<SegmentRecord>, CatalogError> {
+        let Some(key) = self.db.get_cf(self.cf(CF_SEGMENT_IDS), id.as_bytes())? else {
+            return Ok(None);
+        };
+        match self.db.get_cf(self.cf(CF_SEGMENTS), &key)? {
+            Some(v) => decode(&key, &v).map(Some),
+            None => Err(CatalogError::Corrupt {
+                key: hex_of(&key),
+                reason: "segment id points at a missing entry".into(),
+            }),
+        }
+    }
+
+    /// Whether the camera has any segment.
+    pub fn has_camera(&self, camera: &CameraId) -> Result<bool, CatalogError> {
+        Ok(self
+            .db
+            .get_cf(self.cf(CF_CAMERAS), camera.as_str().as_bytes())?
+            .is_some())
+    }
+
+    /// Every camera with its summary, by id.
+    pub fn cameras(&self) -> Result<Vec<CameraSummary>, CatalogError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_CAMERAS), IteratorMode::Start) {
+            let (k, v) = item?;
+            let counts: CameraCounts = decode(&k, &v)?;
+            let camera = CameraId::parse(&String::from_utf8_lossy(&k)).map_err(|e| {
+                CatalogError::Corrupt {
+                    key: hex_of(&k),
+                    reason: e.to_string(),
+                }
+            })?;
+            let mut first = Timestamp::MAX;
+            let mut last = Timestamp::MIN;
+            for s in &counts.streams {
+                let p = stream_prefix(&camera, s);
+                if let Some(r) = self.first_with_prefix(&p, Direction::Forward)? {
+                    first = first.min(r.range.start());
+                }
+                if let Some(r) = self.first_with_prefix(&p, Direction::Reverse)? {
+                    last = last.max(r.range.end());
+                }
+            }
+            out.push(CameraSummary {
+                camera,
+                segments: counts.segments,
+                bytes: counts.bytes,
+                first_start: first,
+                last_end: last,
+                streams: counts.streams.into_iter().collect(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn first_with_prefix(&self, prefix: &[u8], dir: Direction) -> Result<Option<SegmentRecord>, CatalogError> {
+        let mut upper = prefix.to_vec();
+        upper.push(0xff);
+        let from = match dir {
+            Direction::Forward => prefix,
+            Direction::Reverse => &upper[..],
+        };
+        let mut it = self
+            .db
+            .iterator_cf(self.cf(CF_SEGMENTS), IteratorMode::From(from, dir));
+        match it.next() {
+            Some(item) => {
+                let (k, v) = item?;
+                if k.starts_with(prefix) {
+                    Ok(Some(decode(&k, &v)?))
+                } else {
+                    Ok(None)
+                }
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Segments of `camera` (one stream, or all with `None`) that overlap
+    /// `range`, in (start, stream, sequence) order, `limit` at a time.
+    ///
+    /// `max_duration` bounds how long one segment can be: the scan starts that
+    /// much before `range.start()`.
+    pub fn list_segments(
+        &self,
+        camera: &CameraId,
+        stream: Option<&StreamName>,
+        range: &TimeRange,
+        max_duration: std::time::Duration,
+        limit: usize,
+        page_token: Option<&str>,
+    ) -> Result<SegmentPage, CatalogError> {
+        let after = page_token.map(decode_token).transpose()?;
+        let streams: Vec<StreamName> = match stream {
+            Some(s) => vec![s.clone()],
+            None => self.counts(camera)?.streams.into_iter().collect(),
+        };
+        let scan_from = range.start().saturating_add(std::time::Duration::ZERO);
+        let scan_from = Timestamp::from_nanos(
+            scan_from
+                .as_nanos()
+                .saturating_sub(i64::try_from(max_duration.as_nanos()).unwrap_or(i64::MAX)),
+        );
+        let mut all = Vec::new();
+        for s in &streams {
+            let prefix = stream_prefix(camera, s);
+            let mut from = segment_key(camera, s, scan_from, 0);
+            if let Some((t, ref ts, seq)) = after {
+                let resume = segment_key(camera, s, t, seq);
+                if resume > from {
+                    from = resume;
+                }
+                let _ = ts;
+            }
+            let it = self
+                .db
+                .iterator_cf(self.cf(CF_SEGMENTS), IteratorMode::From(&from, Direction::Forward));
+            let mut taken = 0;
+            for item in it {
+                let (k, v) = item?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                let rec: SegmentRecord = decode(&k, &v)?;
+                if rec.range.start() >= range.end() {
+                    break;
+                }
+                if !rec.range.overlaps(range) {
+                    continue;
+                }
+                if let Some((t, ref ts, seq)) = after {
+                    if (rec.range.start(), rec.stream.as_str(), rec.sequence) <= (t, ts.as_str(), seq) {
+                        continue;
+                    }
+                }
+                all.push(rec);
+                taken += 1;
+                if taken > limit {
+                    break;
+                }
+            }
+        }
+        all.sort_by(|a, b| {
+            (a.range.start(), a.stream.as_str(), a.sequence).cmp(&(
+                b.range.start(),
+                b.stream.as_str(),
+                b.sequence,
+            ))
+        });
+        let next_page_token = if all.len() > limit {
+            all.truncate(limit);
+            all.last().map(encode_token)
+        } else {
+            None
+        };
+        Ok(SegmentPage {
+            segments: all,
+            next_page_token,
+        })
+    }
+
+    /// Calls `f` on every indexed segment, in key order.
+    pub fn for_each_segment(
+        &self,
+        mut f: impl FnMut(SegmentRecord) -> bool,
+    ) -> Result<(), CatalogError> {
+        for item in self.db.iterator_cf(self.cf(CF_SEGMENTS), IteratorMode::Start) {
+            let (k, v) = item?;
+            if !f(decode(&k, &v)?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn encode_token(r: &SegmentRecord) -> String {
+    format!(
+        "{}.{}.{}",
+        r.range.start().as_nanos(),
+        r.stream,
+        r.sequence
+    )
+}
+
+fn decode_token(t: &str) -> Result<(Timestamp, String, u64), CatalogError> {
+    let mut parts = t.splitn(3, '.');
+    let start = parts.next().and_then(|s| s.parse().ok()).ok_or(CatalogError::BadPageToken)?;
+    let stream = parts.next().ok_or(CatalogError::BadPageToken)?;
+    let stream = StreamName::parse(stream).map_err(|_| CatalogError::BadPageToken)?;
+    let seq = parts.next().and_then(|s| s.parse().ok()).ok_or(CatalogError::BadPageToken)?;
+    Ok((Timestamp::from_nanos(start), stream.as_str().to_string(), seq))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use custody_core::MediaType;
+
+    fn rec(camera: &str, stream: &str, start_s: i64, dur_s: i64, seq: u64) -> SegmentRecord {
+        let camera = CameraId::parse(camera).unwrap();
+        let stream = StreamName::parse(stream).unwrap();
+        let start = Timestamp::from_secs(start_s);
+        SegmentRecord {
+            segment_id: SegmentId::derive(&camera, &stream, start, seq),
+            camera,
+            stream,
+            range: TimeRange::new(start, Timestamp::from_secs(start_s + dur_s)).unwrap(),
+            sequence: seq,
+            media_type: MediaType::parse("video/mp2t").unwrap(),
+            size: 100,
+            stored_size: 200,
+            sha256: [7; 32],
+            key_id: "k1".into(),
+            ingested_at: Timestamp::from_secs(0),
+            object_key: "x".into(),
+        }
+    }
+
+    fn range(a: i64, b: i64) -> TimeRange {
+        TimeRange::new(Timestamp::from_secs(a), Timestamp::from_secs(b)).unwrap()
+    }
+
+    const MAXD: std::time::Duration = std::time::Duration::from_secs(60);
+
+    #[test]
+    fn time_range_queries_and_paging() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Catalog::open(dir.path()).unwrap();
+        for i in 0..50 {
+            c.put_segment(&rec("cam-1", "main", i * 6, 6, 0)).unwrap();
+            c.put_segment(&rec("cam-1", "sub", i * 6, 6, 0)).unwrap();
+            c.put_segment(&rec("cam-2", "main", i * 6, 6, 0)).unwrap();
+        }
+        let cam = CameraId::parse("cam-1").unwrap();
+        let main = StreamName::main();
+        // [10, 20) overlaps segments starting at 6, 12, 18.
+        let p = c.list_segments(&cam, Some(&main), &range(10, 20), MAXD, 100, None).unwrap();
+        let starts: Vec<_> = p.segments.iter().map(|r| r.range.start().as_nanos() / 1_000_000_000).collect();
+        assert_eq!(starts, vec![6, 12, 18]);
+        assert!(p.next_page_token.is_none());
+        // Both streams, paged by 7, covers all 100 exactly once in order.
+        let mut seen = Vec::new();
+        let mut token = None;
+        loop {
+            let p = c.list_segments(&cam, None, &range(0, 10_000), MAXD, 7, token.as_deref()).unwrap();
+            seen.extend(p.segments.iter().map(|r| (r.range.start(), r.stream.clone())));
+            match p.next_page_token {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), 100);
+        assert!(seen.windows(2).all(|w| w[0] < w[1]));
+        assert!(c.list_segments(&cam, None, &range(0, 1), MAXD, 7, Some("garbage")).is_err());
+    }
+
+    #[test]
+    fn summaries_follow_puts_and_deletes_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let r1 = rec("cam-1", "main", 0, 6, 0);
+        let r2 = rec("cam-1", "main", 6, 6, 0);
+        {
+            let c = Catalog::open(dir.path()).unwrap();
+            c.add_pending(&r1.segment_id, "k").unwrap();
+            c.put_segment(&r1).unwrap();
+            c.put_segment(&r1).unwrap(); // idempotent
+            c.put_segment(&r2).unwrap();
+            assert!(c.pending().unwrap().is_empty());
+        }
+        let c = Catalog::open(dir.path()).unwrap();
+        let cams = c.cameras().unwrap();
+        assert_eq!(cams.len(), 1);
+        assert_eq!((cams[0].segments, cams[0].bytes), (2, 200));
+        assert_eq!(cams[0].first_start, Timestamp::from_secs(0));
+        assert_eq!(cams[0].last_end, Timestamp::from_secs(12));
+        assert_eq!(c.delete_segment(&r1.segment_id).unwrap(), Some(r1.clone()));
+        assert_eq!(c.get(&r1.segment_id).unwrap(), None);
+        assert_eq!(c.cameras().unwrap()[0].first_start, Timestamp::from_secs(6));
+        c.delete_segment(&r2.segment_id).unwrap();
+        assert!(c.cameras().unwrap().is_empty());
+        assert!(!c.has_camera(&r1.camera).unwrap());
+    }
+}

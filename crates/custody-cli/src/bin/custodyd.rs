@@ -1,0 +1,127 @@
+//! `custodyd`: the Custody server.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use custody_server::{grpc, Node, ServerConfig};
+use tracing::info;
+
+/// Custody: encrypted, retention-enforcing archive for camera footage.
+#[derive(Parser)]
+#[command(name = "custodyd", version)]
+struct Args {
+    /// TOML configuration file; every field has a default.
+    #[arg(long, short, global = true, env = "CUSTODY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (overrides the config's data_dir).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Listen address (overrides the config's listen).
+    #[arg(long, global = true)]
+    listen: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the gRPC API (the default).
+    Serve,
+    /// Catalog maintenance.
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+    /// Print the effective configuration as TOML.
+    Config,
+}
+
+#[derive(Subcommand)]
+enum CatalogCommand {
+    /// Delete this node's catalog and recreate it by listing the store.
+    Rebuild,
+}
+
+fn load_config(args: &Args) -> Result<ServerConfig> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let mut c = ServerConfig::from_toml(&text).with_context(|| format!("parsing {}", path.display()))?;
+            if let Some(dir) = path.parent() {
+                c.resolve_paths(dir);
+            }
+            c
+        }
+        None => ServerConfig::default(),
+    };
+    if let Some(d) = &args.data_dir {
+        config.data_dir = d.clone();
+    }
+    if let Some(l) = &args.listen {
+        config.listen = l.clone();
+    }
+    Ok(config)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let config = load_config(&args)?;
+    match args.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let node = Node::open(&config).await?;
+            let bound = grpc::Serving::bind(&config.listen).await?;
+            // Tests and scripts read this line to learn the bound port.
+            println!("custodyd listening on {}", bound.local_addr);
+            info!(data_dir = %config.data_dir.display(), store = node.store().url(), "node ready");
+            grpc::serve(node, bound, shutdown_signal()).await?;
+            info!("shut down cleanly");
+        }
+        Command::Catalog { command: CatalogCommand::Rebuild } => {
+            custody_server::destroy_catalog(&config)?;
+            let node = Node::open(&config).await?;
+            let report = node.reindex_all().await?;
+            println!(
+                "catalog rebuilt from {}: {} segments indexed, {} foreign objects, {} failed verification",
+                node.store().url(),
+                report.indexed,
+                report.foreign.len(),
+                report.failed.len()
+            );
+            for (key, why) in &report.failed {
+                println!("  FAILED {key}: {why}");
+            }
+        }
+        Command::Config => {
+            print!("{}", toml::to_string_pretty(&config).context("rendering config")?);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! The server's error type and its one mapping to gRPC statuses.
+
+use custody_catalog::CatalogError;
+use custody_core::InvalidInput;
+use custody_crypto::CryptoError;
+use custody_store::StoreError;
+
+/// Every way a request can fail, by what the caller can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The request is malformed or breaks a configured limit.
+    #[error("{0}")]
+    Invalid(String),
+    /// The named thing does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The thing exists already, differently.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The request is well-formed but not possible in the current state.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A concurrent operation conflicts; retry later.
+    #[error("{0}")]
+    Aborted(String),
+    /// Stored data is missing or fails authentication: never served.
+    #[error("{0}")]
+    DataLoss(String),
+    /// A dependency (store, catalog) is unavailable; retry later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an unexpected internal failure.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<InvalidInput> for ServerError {
+    fn from(e: InvalidInput) -> Self {
+        ServerError::Invalid(e.to_string())
+    }
+}
+
+impl From<StoreError> for ServerError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Config(m) => ServerError::FailedPrecondition(m),
+            other => ServerError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl From<CatalogError> for ServerError {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::BadPageToken => ServerError::Invalid(e.to_string()),
+            CatalogError::Corrupt { .. } => ServerError::Internal(e.to_string()),
+            CatalogError::Db(_) => ServerError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<CryptoError> for ServerError {
+    fn from(e: CryptoError) -> Self {
+        ServerError::DataLoss(format!("stored segment failed verification: {e}"))
+    }
+}
+
+impl From<ServerError> for tonic::Status {
+    fn from(e: ServerError) -> Self {
+        use tonic::Status;
+        match e {
+            ServerError::Invalid(m) => Status::invalid_argument(m),
+            ServerError::NotFound(m) => Status::not_found(m),
+            ServerError::AlreadyExists(m) => Status::already_exists(m),
+            ServerError::FailedPrecondition(m) => Status::failed_precondition(m),
+            ServerError::Aborted(m) => Status::aborted(m),
+            ServerError::DataLoss(m) => Status::data_loss(m),
+            ServerError::Unavailable(m) => Status::unavailable(m),
+            ServerError::Internal(m) => Status::internal(m),
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! `ArchiveService`: operators list, read and export footage.
+
+use std::pin::Pin;
+
+use custody_core::{CameraId, SegmentId, StreamName};
+use custody_proto::v1 as pb;
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use super::convert::{range, segment_info, to_proto_ts};
+use crate::{Node, OpenSegment, ServerError};
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The archive service over a node.
+#[derive(Clone)]
+pub struct ArchiveApi {
+    node: Node,
+}
+
+impl ArchiveApi {
+    /// Serves the archive of `node`.
+    pub fn new(node: Node) -> Self {
+        ArchiveApi { node }
+    }
+
+    fn known_camera(&self, id: &str) -> Result<CameraId, ServerError> {
+        let camera = CameraId::parse(id)?;
+        if !self.node.catalog().has_camera(&camera)? {
+            return Err(ServerError::NotFound(format!("camera {camera} has no footage in this archive")));
+        }
+        Ok(camera)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::archive_service_server::ArchiveService for ArchiveApi {
+    async fn list_cameras(
+        &self,
+        _request: Request<pb::ListCamerasRequest>,
+    ) -> Result<Response<pb::ListCamerasResponse>, Status> {
+        let cameras = self
+            .node
+            .catalog()
+            .cameras()
+            .map_err(ServerError::from)?
+            .into_iter()
+            .map(|c| pb::CameraInfo {
+                camera_id: c.camera.to_string(),
+                segments: c.segments,
+                size_bytes: c.bytes,
+                first_start: Some(to_proto_ts(c.first_start)),
+                last_end: Some(to_proto_ts(c.last_end)),
+            })
+            .collect();
+        Ok(Response::new(pb::ListCamerasResponse { cameras }))
+    }
+
+    async fn list_segments(
+        &self,
+        request: Request<pb::ListSegmentsRequest>,
+    ) -> Result<Response<pb::ListSegmentsResponse>, Status> {
+        let r = request.into_inner();
+        let limits = self.node.limits();
+        let camera = CameraId::parse(&r.camera_id).map_err(ServerError::from)?;
+        let stream = if r.stream.is_empty() {
+            None
+        } else {
+            Some(StreamName::parse(&r.stream).map_err(ServerError::from)?)
+        };
+        let range = range(r.start, r.end)?;
+        range
+            .check_span(limits.max_query_span(), "limits.max_query_span_secs")
+            .map_err(ServerError::from)?;
+        let camera = self.known_camera(camera.as_str())?;
+        let page_size = match r.page_size {
+            0 => limits.default_page_size,
+            n => n.min(limits.max_page_size),
+        } as usize;
+        let token = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
+        let page = self
+            .node
+            .catalog()
+            .list_segments(&camera, stream.as_ref(), &range, limits.max_segment_duration(), page_size, token)
+            .map_err(ServerError::from)?;
+        Ok(Response::new(pb::ListSegmentsResponse {
+            segments: page.segments.iter().map(segment_info).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    type ReadSegmentStream = BoxStream<pb::ReadSegmentResponse>;
+
+    async fn read_segment(
+        &self,
+        request: Request<pb::ReadSegmentRequest>,
+    ) -> Result<Response<Self::ReadSegmentStream>, Status> {
+        let r = request.into_inner();
+        let id = SegmentId::parse(&r.segment_id).map_err(ServerError::from)?;
+        let seg = self.node.open_segment(&id).await?;
+        let size = seg.record.size;
+        if r.offset > size || (r.offset == size && r.length > 0) {
+            return Err(Status::out_of_range(format!(
+                "offset {} is beyond segment {id} of {size} bytes",
+                r.offset
+            )));
+        }
+        let end = if r.length == 0 { size } else { r.offset.saturating_add(r.length).min(size) };
+        let info = segment_info(&seg.record);
+        if r.offset == end {
+            // Nothing to read (empty segment or empty range): the info alone.
+            let only = pb::ReadSegmentResponse { info: Some(info), data: Vec::new() };
+            return Ok(Response::new(Box::pin(futures::stream::iter([Ok(only)]))));
+        }
+        let mut info = Some(info);
+        let out = self.node.read_plaintext(seg, r.offset..end).map(move |b| {
+            let data = b?;
+            Ok(pb::ReadSegmentResponse { info: info.take(), data: data.to_vec() })
+        });
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    type ExportClipStream = BoxStream<pb::ExportClipResponse>;
+
+    async fn export_clip(
+        &self,
+        request: Request<pb::ExportClipRequest>,
+    ) -> Result<Response<Self::ExportClipStream>, Status> {
+        let r = request.into_inner();
+        let limits = self.node.limits();
+        let camera = CameraId::parse(&r.camera_id).map_err(ServerError::from)?;
+        let stream = StreamName::parse(&r.stream).map_err(ServerError::from)?;
+        let range = range(r.start, r.end)?;
+        range
+            .check_span(limits.max_export_span(), "limits.max_export_span_secs")
+            .map_err(ServerError::from)?;
+        let camera = self.known_camera(camera.as_str())?;
+        let mut records = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .node
+                .catalog()
+                .list_segments(
+                    &camera,
+                    Some(&stream),
+                    &range,
+                    limits.max_segment_duration(),
+                    limits.max_page_size as usize,
+                    token.as_deref(),
+                )
+                .map_err(ServerError::from)?;
+            records.extend(page.segments);
+            match page.next_page_token {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        if records.is_empty() {
+            return Err(Status::not_found(format!(
+                "no footage of camera {camera} stream {stream} in {range}"
+            )));
+        }
+        if let Some(bad) = records.iter().find(|s| !s.media_type.is_concatenable()) {
+            return Err(Status::failed_precondition(format!(
+                "segment {} is {}; clips can be exported only from video/mp2t segments (read segments one by one instead)",
+                bad.segment_id, bad.media_type
+            )));
+        }
+        // Authenticate every header before the first byte goes out.
+        let mut opened: Vec<OpenSegment> = Vec::with_capacity(records.len());
+        for rec in &records {
+            opened.push(self.node.open_segment(&rec.segment_id).await?);
+        }
+        let node = self.node.clone();
+        let mut infos = Some(records.iter().map(segment_info).collect::<Vec<_>>());
+        let out = futures::stream::iter(opened)
+            .flat_map(move |seg| {
+                let len = seg.record.size;
+                node.read_plaintext(seg, 0..len)
+            })
+            .map(move |b| {
+                let data = b?;
+                Ok(pb::ExportClipResponse {
+                    segments: infos.take().unwrap_or_default(),
+                    data: data.to_vec(),
+                })
+            });
+        Ok(Response::new(Box::pin(out)))
+    }
+}

@@ -1,0 +1,72 @@
+//! `IngestService`: cameras push segments.
+
+use custody_core::{CameraId, MediaType, StreamName};
+use custody_proto::v1 as pb;
+use custody_proto::v1::put_segment_request::Part;
+use futures::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert::{digest, range};
+use crate::{IngestHeader, IngestPart, Node, ServerError};
+
+/// The ingest service over a node.
+#[derive(Clone)]
+pub struct IngestApi {
+    node: Node,
+}
+
+impl IngestApi {
+    /// Serves ingest for `node`.
+    pub fn new(node: Node) -> Self {
+        IngestApi { node }
+    }
+}
+
+fn header(h: pb::SegmentHeader) -> Result<IngestHeader, ServerError> {
+    Ok(IngestHeader {
+        camera: CameraId::parse(&h.camera_id)?,
+        stream: StreamName::parse(&h.stream)?,
+        range: range(h.start, h.end)?,
+        media_type: MediaType::parse(&h.media_type)?,
+        sequence: h.sequence.unwrap_or(0),
+        sha256: digest(&h.sha256, "header.sha256")?,
+        size: h.size_bytes,
+    })
+}
+
+#[tonic::async_trait]
+impl pb::ingest_service_server::IngestService for IngestApi {
+    async fn put_segment(
+        &self,
+        request: Request<Streaming<pb::PutSegmentRequest>>,
+    ) -> Result<Response<pb::PutSegmentResponse>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("empty upload: the first message must be a header"))??;
+        let h = match first.part {
+            Some(Part::Header(h)) => header(h)?,
+            _ => return Err(Status::invalid_argument("the first message must be a header")),
+        };
+        let parts = stream.map(|m| match m {
+            Ok(pb::PutSegmentRequest { part: Some(Part::Chunk(b)) }) => Ok(IngestPart::Chunk(b.into())),
+            Ok(pb::PutSegmentRequest { part: Some(Part::Finish(f)) }) => Ok(IngestPart::Finish {
+                sha256: digest(&f.sha256, "finish.sha256")?,
+            }),
+            Ok(pb::PutSegmentRequest { part: Some(Part::Header(_)) }) => {
+                Err(ServerError::Invalid("a second header in one upload".into()))
+            }
+            Ok(pb::PutSegmentRequest { part: None }) => Err(ServerError::Invalid("empty message in upload".into())),
+            Err(s) => Err(ServerError::Aborted(format!("upload stream failed: {}; nothing stored", s.message()))),
+        });
+        let receipt = self.node.ingest(h, Box::pin(parts)).await?;
+        Ok(Response::new(pb::PutSegmentResponse {
+            segment_id: receipt.segment_id.to_string(),
+            size_bytes: receipt.size,
+            stored_bytes: receipt.stored_size,
+            sha256: receipt.sha256.to_vec(),
+            duplicate: receipt.duplicate,
+        }))
+    }
+}

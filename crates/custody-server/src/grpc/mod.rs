@@ -1,0 +1,11 @@
+//! The gRPC edge: wire ↔ domain conversion, the services, and serving them.
+
+mod archive;
+mod convert;
+mod ingest;
+mod serve;
+
+pub use archive::ArchiveApi;
+pub use convert::{from_proto_ts, segment_info, to_proto_ts};
+pub use ingest::IngestApi;
+pub use serve::{serve, Serving};

@@ -1,0 +1,21 @@
+//! Custody's server: the node and its gRPC services.
+//!
+//! This crate owns the wiring of store, catalog and keyring into a [`Node`]
+//! (ingest, read, export, startup recovery, catalog rebuild), the gRPC
+//! services over it, and the one mapping from domain errors to gRPC statuses.
+//! Binaries (`custodyd`) live in `custody-cli`.
+
+mod config;
+mod error;
+pub mod grpc;
+mod ingest;
+mod node;
+mod read;
+mod rebuild;
+
+pub use config::{KeysConfig, ServerConfig};
+pub use error::ServerError;
+pub use ingest::{IngestHeader, IngestPart, IngestReceipt};
+pub use node::{load_keyring, Node};
+pub use read::{OpenSegment, DEFAULT_READ_PIECE};
+pub use rebuild::{destroy_catalog, RebuildReport};

@@ -1,0 +1,138 @@
+//! A [`Node`]: the store, the catalog and the keyring of one server process.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use custody_catalog::Catalog;
+use custody_core::{Clock, Limits, SegmentId, SystemClock};
+use custody_crypto::Keyring;
+use custody_store::{ObjectPath, Store, StoreError};
+use tracing::{info, warn};
+
+use crate::{ServerConfig, ServerError};
+
+/// One Custody node. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Node {
+    pub(crate) store: Store,
+    pub(crate) catalog: Catalog,
+    pub(crate) keyring: Arc<Keyring>,
+    pub(crate) limits: Limits,
+    pub(crate) chunk_size: u32,
+    pub(crate) clock: Arc<dyn Clock>,
+    inflight: Arc<Mutex<HashSet<SegmentId>>>,
+}
+
+/// Releases an in-flight upload slot when dropped.
+pub(crate) struct InflightGuard {
+    set: Arc<Mutex<HashSet<SegmentId>>>,
+    id: SegmentId,
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.set.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+    }
+}
+
+/// Loads the keyring the config names: the environment variable if set,
+/// else the key file (created with mode 0600 on first start).
+pub fn load_keyring(config: &ServerConfig) -> Result<Keyring, ServerError> {
+    if !config.keys.env_var.is_empty() {
+        if let Ok(v) = std::env::var(&config.keys.env_var) {
+            return Keyring::from_env_value(&v).map_err(|e| {
+                ServerError::FailedPrecondition(format!("{}: {e}", config.keys.env_var))
+            });
+        }
+    }
+    let path = config.key_file();
+    Keyring::load_or_create(&path)
+        .map_err(|e| ServerError::FailedPrecondition(format!("key file {}: {e}", path.display())))
+}
+
+impl Node {
+    /// Opens the node described by `config` and finishes or forgets uploads a
+    /// crash interrupted.
+    pub async fn open(config: &ServerConfig) -> Result<Node, ServerError> {
+        Self::open_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// As [`Node::open`], with an injected clock.
+    pub async fn open_with_clock(
+        config: &ServerConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Node, ServerError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            ServerError::FailedPrecondition(format!("data dir {}: {e}", config.data_dir.display()))
+        })?;
+        let keyring = load_keyring(config)?;
+        let store = Store::open(&config.store, &config.data_dir).await?;
+        let catalog = Catalog::open(&config.catalog_dir())?;
+        if config.chunk_size == 0 || config.chunk_size > custody_crypto::MAX_CHUNK_SIZE {
+            return Err(ServerError::FailedPrecondition(format!(
+                "chunk_size {} is outside 1..={}",
+                config.chunk_size,
+                custody_crypto::MAX_CHUNK_SIZE
+            )));
+        }
+        let node = Node {
+            store,
+            catalog,
+            keyring: Arc::new(keyring),
+            limits: config.limits.clone(),
+            chunk_size: config.chunk_size,
+            clock,
+            inflight: Arc::new(Mutex::new(HashSet::new())),
+        };
+        node.recover_pending().await?;
+        Ok(node)
+    }
+
+    /// The node's object store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The node's catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The node's limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub(crate) fn claim(&self, id: SegmentId) -> Option<InflightGuard> {
+        let mut set = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        set.insert(id).then(|| InflightGuard {
+            set: self.inflight.clone(),
+            id,
+        })
+    }
+
+    /// Write intents left by a crash: an object that made it to the store
+    /// whole is indexed (the client will see its retry answered as a
+    /// duplicate); anything else is forgotten. Staging files were already
+    /// discarded when the store opened.
+    async fn recover_pending(&self) -> Result<(), ServerError> {
+        for (id, key) in self.catalog.pending()? {
+            let path = ObjectPath::from(key.as_str());
+            match self.index_object(&path).await {
+                Ok(rec) => info!(segment = %id, key, size = rec.size, "recovered segment stored before a crash"),
+                Err(ServerError::NotFound(_)) => {
+                    info!(segment = %id, key, "dropped upload interrupted by a crash");
+                }
+                Err(e) => {
+                    warn!(segment = %id, key, error = %e, "interrupted upload left an unreadable object; removing it");
+                    match self.store.delete(&path).await {
+                        Ok(()) | Err(StoreError::NotFound { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            self.catalog.remove_pending(&id)?;
+        }
+        Ok(())
+    }
+}

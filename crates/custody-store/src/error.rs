@@ -1,0 +1,63 @@
+//! Errors of the object store layer.
+
+/// What can go wrong talking to the object store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The object does not exist.
+    #[error("object {key} not found")]
+    NotFound {
+        /// Object key.
+        key: String,
+    },
+    /// A create-only write found the object already there.
+    #[error("object {key} already exists")]
+    AlreadyExists {
+        /// Object key.
+        key: String,
+    },
+    /// The store URL or its settings are unusable.
+    #[error("invalid store configuration: {0}")]
+    Config(String),
+    /// The backend failed (network, permissions, ...).
+    #[error("object store error on {key}: {source}")]
+    Backend {
+        /// Object key (or prefix).
+        key: String,
+        /// The backend's error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// A local file operation failed.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// File path.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    pub(crate) fn backend(key: impl ToString, source: object_store::Error) -> Self {
+        match source {
+            object_store::Error::NotFound { .. } => StoreError::NotFound {
+                key: key.to_string(),
+            },
+            object_store::Error::AlreadyExists { .. } => StoreError::AlreadyExists {
+                key: key.to_string(),
+            },
+            source => StoreError::Backend {
+                key: key.to_string(),
+                source,
+            },
+        }
+    }
+
+    pub(crate) fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        StoreError::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Test helpers shared by the end-to-end tests: real `custodyd` processes on
+//! free loopback ports, the `custody` client binary, ffmpeg-made segments.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use custody_proto::v1::archive_service_client::ArchiveServiceClient;
+use custody_proto::v1::ingest_service_client::IngestServiceClient;
+use tonic::transport::Channel;
+
+pub const CUSTODYD: &str = env!("CARGO_BIN_EXE_custodyd");
+pub const CUSTODY: &str = env!("CARGO_BIN_EXE_custody");
+
+/// A running `custodyd`, killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub config: Option<PathBuf>,
+}
+
+impl Server {
+    /// Starts `custodyd` on `data_dir` with an optional config file, on a free port.
+    pub fn start(data_dir: &Path, config: Option<&Path>) -> Server {
+        let mut cmd = Command::new(CUSTODYD);
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .env_remove("CUSTODY_KEKS")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn custodyd");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read custodyd banner");
+        let addr = line
+            .trim()
+            .strip_prefix("custodyd listening on ")
+            .unwrap_or_else(|| panic!("unexpected custodyd banner {line:?}"))
+            .to_string();
+        Server {
+            child,
+            addr: format!("http://{addr}"),
+            data_dir: data_dir.to_path_buf(),
+            config: config.map(Path::to_path_buf),
+        }
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Kills and starts again on the same data dir (new port).
+    pub fn restart(mut self) -> Server {
+        self.kill9();
+        Server::start(&self.data_dir.clone(), self.config.clone().as_deref())
+    }
+
+    pub async fn archive(&self) -> ArchiveServiceClient<Channel> {
+        ArchiveServiceClient::connect(self.addr.clone())
+            .await
+            .expect("connect")
+            .max_decoding_message_size(64 << 20)
+    }
+
+    pub async fn ingest(&self) -> IngestServiceClient<Channel> {
+        IngestServiceClient::connect(self.addr.clone()).await.expect("connect")
+    }
+
+    /// Runs the `custody` client against this server.
+    pub fn custody(&self, args: &[&str]) -> Output {
+        let out = Command::new(CUSTODY)
+            .arg("--server")
+            .arg(&self.addr)
+            .args(args)
+            .output()
+            .expect("run custody");
+        out
+    }
+
+    /// Runs `custody`, asserts success and returns stdout.
+    pub fn custody_ok(&self, args: &[&str]) -> String {
+        let out = self.custody(args);
+        assert!(
+            out.status.success(),
+            "custody {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Panics with an install hint when a tool is missing.
+pub fn require(tool: &str) {
+    let ok = Command::new(tool).arg("-version").output().map(|o| o.status.success()).unwrap_or(false);
+    assert!(ok, "{tool} is required for this test: run ./scripts/setup (apt-get install ffmpeg)");
+}
+
+/// `n` H.264 MPEG-TS segments of `secs` seconds each from ffmpeg's test source.
+pub fn ffmpeg_segments(dir: &Path, n: u32, secs: u32) -> Vec<PathBuf> {
+    require("ffmpeg");
+    std::fs::create_dir_all(dir).unwrap();
+    let status = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc=size=320x240:rate=25:duration={}", n * secs))
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-keyint_min", "25", "-sc_threshold", "0"])
+        .args(["-f", "segment", "-segment_time"])
+        .arg(secs.to_string())
+        .args(["-reset_timestamps", "0"])
+        .arg(dir.join("seg-%03d.ts"))
+        .status()
+        .expect("run ffmpeg");
+    assert!(status.success(), "ffmpeg failed");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "ts"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), n as usize, "ffmpeg made {} segments", files.len());
+    files
+}
+
+/// Duration of a media file according to ffprobe, in seconds.
+pub fn ffprobe_duration(file: &Path) -> f64 {
+    require("ffprobe");
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries", "format=duration", "-of", "default=nw=1:nk=1"])
+        .arg(file)
+        .output()
+        .expect("run ffprobe");
+    assert!(out.status.success(), "ffprobe rejected {}: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("duration")
+}
+
+/// Every regular file under `dir`.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Segment objects (`.cseg`) under a data dir.
+pub fn stored_objects(data_dir: &Path) -> Vec<PathBuf> {
+    files_under(&data_dir.join("objects"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "cseg"))
+        .collect()
+}
+
+pub fn rfc3339(t: custody_core::Timestamp) -> String {
+    t.to_string()
+}
