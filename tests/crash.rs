@@ -30,10 +30,16 @@ fn payload(i: u64, rng: &mut rand::rngs::StdRng) -> Vec<u8> {
 }
 
 fn start_of(i: u64) -> Timestamp {
-    Timestamp::parse_rfc3339("2026-11-24T00:00:00Z").unwrap().saturating_add_nanos(i as i64 * 6_000_000_000)
+    Timestamp::parse_rfc3339("2026-11-24T00:00:00Z")
+        .unwrap()
+        .saturating_add_nanos(i as i64 * 6_000_000_000)
 }
 
-async fn upload(addr: String, i: u64, data: Vec<u8>) -> Result<pb::PutSegmentResponse, tonic::Status> {
+async fn upload(
+    addr: String,
+    i: u64,
+    data: Vec<u8>,
+) -> Result<pb::PutSegmentResponse, tonic::Status> {
     let mut client = custody_proto::v1::ingest_service_client::IngestServiceClient::connect(addr)
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
@@ -48,13 +54,31 @@ async fn upload(addr: String, i: u64, data: Vec<u8>) -> Result<pb::PutSegmentRes
             ..Default::default()
         })),
     }];
-    msgs.extend(data.chunks(256 * 1024).map(|c| pb::PutSegmentRequest { part: Some(Part::Chunk(c.to_vec())) }));
-    msgs.push(pb::PutSegmentRequest { part: Some(Part::Finish(pb::SegmentFinish { sha256: sha.to_vec() })) });
-    client.put_segment(futures::stream::iter(msgs)).await.map(|r| r.into_inner())
+    msgs.extend(data.chunks(256 * 1024).map(|c| pb::PutSegmentRequest {
+        part: Some(Part::Chunk(c.to_vec())),
+    }));
+    msgs.push(pb::PutSegmentRequest {
+        part: Some(Part::Finish(pb::SegmentFinish {
+            sha256: sha.to_vec(),
+        })),
+    });
+    client
+        .put_segment(futures::stream::iter(msgs))
+        .await
+        .map(|r| r.into_inner())
 }
 
 async fn read_all(server: &Server, id: &str) -> Result<Vec<u8>, tonic::Status> {
-    let mut s = server.archive().await.read_segment(pb::ReadSegmentRequest { segment_id: id.into(), offset: 0, length: 0 }).await?.into_inner();
+    let mut s = server
+        .archive()
+        .await
+        .read_segment(pb::ReadSegmentRequest {
+            segment_id: id.into(),
+            offset: 0,
+            length: 0,
+        })
+        .await?
+        .into_inner();
     let mut out = Vec::new();
     while let Some(m) = s.next().await {
         out.extend(m?.data);
@@ -64,7 +88,10 @@ async fn read_all(server: &Server, id: &str) -> Result<Vec<u8>, tonic::Status> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_uploads_loses_nothing_acknowledged() {
-    let seed: u64 = std::env::var("CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    let seed: u64 = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
     println!("crash test seed {seed} (rerun with CRASH_SEED={seed})");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let tmp = tempfile::tempdir().unwrap();
@@ -95,7 +122,10 @@ async fn kill_9_during_uploads_loses_nothing_acknowledged() {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(100..1500))).await;
         server.kill9();
         let (done, in_flight) = uploader.await.unwrap();
-        println!("round {round}: {} acknowledged, killed during #{in_flight}", done.len());
+        println!(
+            "round {round}: {} acknowledged, killed during #{in_flight}",
+            done.len()
+        );
         for (i, id, data) in done {
             acked.insert(i, (id, data));
         }
@@ -104,7 +134,9 @@ async fn kill_9_during_uploads_loses_nothing_acknowledged() {
 
         // Every acknowledged segment reads back byte-identical.
         for (i, (id, data)) in &acked {
-            let got = read_all(&server, id).await.unwrap_or_else(|e| panic!("acked #{i} {id} unreadable: {e:?}"));
+            let got = read_all(&server, id)
+                .await
+                .unwrap_or_else(|e| panic!("acked #{i} {id} unreadable: {e:?}"));
             assert!(got == *data, "acked #{i} {id} differs after crash");
         }
         // Everything visible is whole and was attempted: nothing half-written.
@@ -125,19 +157,31 @@ async fn kill_9_during_uploads_loses_nothing_acknowledged() {
                 .unwrap()
                 .into_inner();
             for s in &r.segments {
-                let got = read_all(&server, &s.segment_id).await.unwrap_or_else(|e| panic!("visible {} unreadable: {e:?}", s.segment_id));
+                let got = read_all(&server, &s.segment_id)
+                    .await
+                    .unwrap_or_else(|e| panic!("visible {} unreadable: {e:?}", s.segment_id));
                 let i = u64::from_be_bytes(got[..8].try_into().unwrap());
-                assert_eq!(attempted.lock().unwrap().get(&i), Some(&got), "visible segment {} is not a whole upload", s.segment_id);
+                assert_eq!(
+                    attempted.lock().unwrap().get(&i),
+                    Some(&got),
+                    "visible segment {} is not a whole upload",
+                    s.segment_id
+                );
             }
             if r.next_page_token.is_empty() {
                 break;
             }
             token = r.next_page_token;
         }
-        assert!(files_under(&data_dir.join("staging")).is_empty(), "staging files survived a restart");
+        assert!(
+            files_under(&data_dir.join("staging")).is_empty(),
+            "staging files survived a restart"
+        );
         // The interrupted upload, retried, is stored exactly once.
         let data = attempted.lock().unwrap()[&in_flight].clone();
-        let r = upload(server.addr.clone(), in_flight, data.clone()).await.expect("retry after restart");
+        let r = upload(server.addr.clone(), in_flight, data.clone())
+            .await
+            .expect("retry after restart");
         acked.insert(in_flight, (r.segment_id, data));
     }
     assert!(acked.len() >= 5);

@@ -39,7 +39,9 @@ impl Server {
         let mut child = cmd.spawn().expect("spawn custodyd");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read custodyd banner");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read custodyd banner");
         let addr = line
             .trim()
             .strip_prefix("custodyd listening on ")
@@ -73,7 +75,9 @@ impl Server {
     }
 
     pub async fn ingest(&self) -> IngestServiceClient<Channel> {
-        IngestServiceClient::connect(self.addr.clone()).await.expect("connect")
+        IngestServiceClient::connect(self.addr.clone())
+            .await
+            .expect("connect")
     }
 
     /// Runs the `custody` client against this server.
@@ -107,8 +111,15 @@ impl Drop for Server {
 
 /// Panics with an install hint when a tool is missing.
 pub fn require(tool: &str) {
-    let ok = Command::new(tool).arg("-version").output().map(|o| o.status.success()).unwrap_or(false);
-    assert!(ok, "{tool} is required for this test: run ./scripts/setup (apt-get install ffmpeg)");
+    let ok = Command::new(tool)
+        .arg("-version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "{tool} is required for this test: run ./scripts/setup (apt-get install ffmpeg)"
+    );
 }
 
 /// `n` H.264 MPEG-TS segments of `secs` seconds each from ffmpeg's test source.
@@ -117,8 +128,22 @@ pub fn ffmpeg_segments(dir: &Path, n: u32, secs: u32) -> Vec<PathBuf> {
     std::fs::create_dir_all(dir).unwrap();
     let status = Command::new("ffmpeg")
         .args(["-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i"])
-        .arg(format!("testsrc=size=320x240:rate=25:duration={}", n * secs))
-        .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-keyint_min", "25", "-sc_threshold", "0"])
+        .arg(format!(
+            "testsrc=size=320x240:rate=25:duration={}",
+            n * secs
+        ))
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "25",
+            "-keyint_min",
+            "25",
+            "-sc_threshold",
+            "0",
+        ])
         .args(["-f", "segment", "-segment_time"])
         .arg(secs.to_string())
         .args(["-reset_timestamps", "0"])
@@ -132,7 +157,12 @@ pub fn ffmpeg_segments(dir: &Path, n: u32, secs: u32) -> Vec<PathBuf> {
         .filter(|p| p.extension().is_some_and(|e| e == "ts"))
         .collect();
     files.sort();
-    assert_eq!(files.len(), n as usize, "ffmpeg made {} segments", files.len());
+    assert_eq!(
+        files.len(),
+        n as usize,
+        "ffmpeg made {} segments",
+        files.len()
+    );
     files
 }
 
@@ -140,12 +170,27 @@ pub fn ffmpeg_segments(dir: &Path, n: u32, secs: u32) -> Vec<PathBuf> {
 pub fn ffprobe_duration(file: &Path) -> f64 {
     require("ffprobe");
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-show_entries", "format=duration", "-of", "default=nw=1:nk=1"])
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "default=nw=1:nk=1",
+        ])
         .arg(file)
         .output()
         .expect("run ffprobe");
-    assert!(out.status.success(), "ffprobe rejected {}: {}", file.display(), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().parse().expect("duration")
+    assert!(
+        out.status.success(),
+        "ffprobe rejected {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("duration")
 }
 
 /// Every regular file under `dir`.

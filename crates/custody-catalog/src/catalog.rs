@@ -11,7 +11,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use custody_core::{CameraId, SegmentId, StreamName, TimeRange, Timestamp};
-use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{CameraSummary, CatalogError, SegmentRecord};
@@ -48,7 +50,9 @@ pub struct Catalog {
 
 impl std::fmt::Debug for Catalog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Catalog").field("path", &self.db.path()).finish()
+        f.debug_struct("Catalog")
+            .field("path", &self.db.path())
+            .finish()
     }
 }
 
@@ -117,13 +121,19 @@ impl Catalog {
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
         // Every CF in CFS is created at open.
-        self.db.cf_handle(name).unwrap_or_else(|| unreachable!("column family {name} exists"))
+        self.db
+            .cf_handle(name)
+            .unwrap_or_else(|| unreachable!("column family {name} exists"))
     }
 
     /// Records that an upload of `id` to `object_key` is in flight, durably.
     pub fn add_pending(&self, id: &SegmentId, object_key: &str) -> Result<(), CatalogError> {
-        self.db
-            .put_cf_opt(self.cf(CF_PENDING), id.as_bytes(), object_key.as_bytes(), &sync_opts())?;
+        self.db.put_cf_opt(
+            self.cf(CF_PENDING),
+            id.as_bytes(),
+            object_key.as_bytes(),
+            &sync_opts(),
+        )?;
         Ok(())
     }
 
@@ -137,13 +147,19 @@ impl Catalog {
     /// Every write intent left, as (segment id, object key).
     pub fn pending(&self) -> Result<Vec<(SegmentId, String)>, CatalogError> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_PENDING), IteratorMode::Start) {
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_PENDING), IteratorMode::Start)
+        {
             let (k, v) = item?;
             let id: [u8; 16] = k.as_ref().try_into().map_err(|_| CatalogError::Corrupt {
                 key: hex_of(&k),
                 reason: "pending key is not a segment id".into(),
             })?;
-            out.push((SegmentId::from_bytes(id), String::from_utf8_lossy(&v).into_owned()));
+            out.push((
+                SegmentId::from_bytes(id),
+                String::from_utf8_lossy(&v).into_owned(),
+            ));
         }
         Ok(out)
     }
@@ -164,7 +180,11 @@ impl Catalog {
         let mut b = WriteBatch::default();
         b.put_cf(self.cf(CF_SEGMENTS), &key, encode(rec));
         b.put_cf(self.cf(CF_SEGMENT_IDS), rec.segment_id.as_bytes(), &key);
-        b.put_cf(self.cf(CF_CAMERAS), rec.camera.as_str().as_bytes(), encode(&counts));
+        b.put_cf(
+            self.cf(CF_CAMERAS),
+            rec.camera.as_str().as_bytes(),
+            encode(&counts),
+        );
         b.delete_cf(self.cf(CF_PENDING), rec.segment_id.as_bytes());
         self.db.write_opt(b, &sync_opts())?;
         Ok(())
@@ -186,7 +206,11 @@ impl Catalog {
         if counts.segments == 0 {
             b.delete_cf(self.cf(CF_CAMERAS), rec.camera.as_str().as_bytes());
         } else {
-            b.put_cf(self.cf(CF_CAMERAS), rec.camera.as_str().as_bytes(), encode(&counts));
+            b.put_cf(
+                self.cf(CF_CAMERAS),
+                rec.camera.as_str().as_bytes(),
+                encode(&counts),
+            );
         }
         self.db.write_opt(b, &sync_opts())?;
         Ok(Some(rec))
@@ -225,7 +249,10 @@ impl Catalog {
     /// Every camera with its summary, by id.
     pub fn cameras(&self) -> Result<Vec<CameraSummary>, CatalogError> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_CAMERAS), IteratorMode::Start) {
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_CAMERAS), IteratorMode::Start)
+        {
             let (k, v) = item?;
             let counts: CameraCounts = decode(&k, &v)?;
             let camera = CameraId::parse(&String::from_utf8_lossy(&k)).map_err(|e| {
@@ -257,7 +284,11 @@ impl Catalog {
         Ok(out)
     }
 
-    fn first_with_prefix(&self, prefix: &[u8], dir: Direction) -> Result<Option<SegmentRecord>, CatalogError> {
+    fn first_with_prefix(
+        &self,
+        prefix: &[u8],
+        dir: Direction,
+    ) -> Result<Option<SegmentRecord>, CatalogError> {
         let mut upper = prefix.to_vec();
         upper.push(0xff);
         let from = match dir {
@@ -316,9 +347,10 @@ impl Catalog {
                 }
                 let _ = ts;
             }
-            let it = self
-                .db
-                .iterator_cf(self.cf(CF_SEGMENTS), IteratorMode::From(&from, Direction::Forward));
+            let it = self.db.iterator_cf(
+                self.cf(CF_SEGMENTS),
+                IteratorMode::From(&from, Direction::Forward),
+            );
             let mut taken = 0;
             for item in it {
                 let (k, v) = item?;
@@ -333,7 +365,9 @@ impl Catalog {
                     continue;
                 }
                 if let Some((t, ref ts, seq)) = after {
-                    if (rec.range.start(), rec.stream.as_str(), rec.sequence) <= (t, ts.as_str(), seq) {
+                    if (rec.range.start(), rec.stream.as_str(), rec.sequence)
+                        <= (t, ts.as_str(), seq)
+                    {
                         continue;
                     }
                 }
@@ -368,7 +402,10 @@ impl Catalog {
         &self,
         mut f: impl FnMut(SegmentRecord) -> bool,
     ) -> Result<(), CatalogError> {
-        for item in self.db.iterator_cf(self.cf(CF_SEGMENTS), IteratorMode::Start) {
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_SEGMENTS), IteratorMode::Start)
+        {
             let (k, v) = item?;
             if !f(decode(&k, &v)?) {
                 break;
@@ -379,21 +416,26 @@ impl Catalog {
 }
 
 fn encode_token(r: &SegmentRecord) -> String {
-    format!(
-        "{}.{}.{}",
-        r.range.start().as_nanos(),
-        r.stream,
-        r.sequence
-    )
+    format!("{}.{}.{}", r.range.start().as_nanos(), r.stream, r.sequence)
 }
 
 fn decode_token(t: &str) -> Result<(Timestamp, String, u64), CatalogError> {
     let mut parts = t.splitn(3, '.');
-    let start = parts.next().and_then(|s| s.parse().ok()).ok_or(CatalogError::BadPageToken)?;
+    let start = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or(CatalogError::BadPageToken)?;
     let stream = parts.next().ok_or(CatalogError::BadPageToken)?;
     let stream = StreamName::parse(stream).map_err(|_| CatalogError::BadPageToken)?;
-    let seq = parts.next().and_then(|s| s.parse().ok()).ok_or(CatalogError::BadPageToken)?;
-    Ok((Timestamp::from_nanos(start), stream.as_str().to_string(), seq))
+    let seq = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or(CatalogError::BadPageToken)?;
+    Ok((
+        Timestamp::from_nanos(start),
+        stream.as_str().to_string(),
+        seq,
+    ))
 }
 
 #[cfg(test)]
@@ -439,16 +481,28 @@ mod tests {
         let cam = CameraId::parse("cam-1").unwrap();
         let main = StreamName::main();
         // [10, 20) overlaps segments starting at 6, 12, 18.
-        let p = c.list_segments(&cam, Some(&main), &range(10, 20), MAXD, 100, None).unwrap();
-        let starts: Vec<_> = p.segments.iter().map(|r| r.range.start().as_nanos() / 1_000_000_000).collect();
+        let p = c
+            .list_segments(&cam, Some(&main), &range(10, 20), MAXD, 100, None)
+            .unwrap();
+        let starts: Vec<_> = p
+            .segments
+            .iter()
+            .map(|r| r.range.start().as_nanos() / 1_000_000_000)
+            .collect();
         assert_eq!(starts, vec![6, 12, 18]);
         assert!(p.next_page_token.is_none());
         // Both streams, paged by 7, covers all 100 exactly once in order.
         let mut seen = Vec::new();
         let mut token = None;
         loop {
-            let p = c.list_segments(&cam, None, &range(0, 10_000), MAXD, 7, token.as_deref()).unwrap();
-            seen.extend(p.segments.iter().map(|r| (r.range.start(), r.stream.clone())));
+            let p = c
+                .list_segments(&cam, None, &range(0, 10_000), MAXD, 7, token.as_deref())
+                .unwrap();
+            seen.extend(
+                p.segments
+                    .iter()
+                    .map(|r| (r.range.start(), r.stream.clone())),
+            );
             match p.next_page_token {
                 Some(t) => token = Some(t),
                 None => break,
@@ -456,7 +510,9 @@ mod tests {
         }
         assert_eq!(seen.len(), 100);
         assert!(seen.windows(2).all(|w| w[0] < w[1]));
-        assert!(c.list_segments(&cam, None, &range(0, 1), MAXD, 7, Some("garbage")).is_err());
+        assert!(c
+            .list_segments(&cam, None, &range(0, 1), MAXD, 7, Some("garbage"))
+            .is_err());
     }
 
     #[test]

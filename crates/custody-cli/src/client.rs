@@ -62,7 +62,12 @@ impl ClientError {
         match self {
             ClientError::Status(s) => matches!(
                 s.code(),
-                Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Aborted | Code::Cancelled | Code::ResourceExhausted
+                Code::Unavailable
+                    | Code::Unknown
+                    | Code::DeadlineExceeded
+                    | Code::Aborted
+                    | Code::Cancelled
+                    | Code::ResourceExhausted
             ),
             ClientError::Io { .. } | ClientError::Address(_) => false,
         }
@@ -71,7 +76,12 @@ impl ClientError {
 
 /// The media type for a file name, by extension.
 pub fn media_type_for(path: &Path) -> &'static str {
-    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         Some("ts") => "video/mp2t",
         Some("mp4") | Some("m4s") => "video/mp4",
         Some("mkv") => "video/x-matroska",
@@ -109,20 +119,36 @@ impl Client {
     }
 
     /// Uploads the bytes in `data`.
-    pub async fn put_bytes(&self, u: &Upload, data: Vec<u8>) -> Result<pb::PutSegmentResponse, ClientError> {
+    pub async fn put_bytes(
+        &self,
+        u: &Upload,
+        data: Vec<u8>,
+    ) -> Result<pb::PutSegmentResponse, ClientError> {
         let sha: [u8; 32] = Sha256::digest(&data).into();
         let mut msgs = vec![header_msg(u, Some(data.len() as u64))];
         for c in data.chunks(UPLOAD_CHUNK) {
-            msgs.push(pb::PutSegmentRequest { part: Some(Part::Chunk(c.to_vec())) });
+            msgs.push(pb::PutSegmentRequest {
+                part: Some(Part::Chunk(c.to_vec())),
+            });
         }
         msgs.push(finish_msg(sha));
-        let resp = self.ingest().put_segment(futures::stream::iter(msgs)).await?;
+        let resp = self
+            .ingest()
+            .put_segment(futures::stream::iter(msgs))
+            .await?;
         Ok(resp.into_inner())
     }
 
     /// Streams a file to the server without holding it in memory.
-    pub async fn put_file(&self, u: &Upload, path: &Path) -> Result<pb::PutSegmentResponse, ClientError> {
-        let io = |source| ClientError::Io { path: path.display().to_string(), source };
+    pub async fn put_file(
+        &self,
+        u: &Upload,
+        path: &Path,
+    ) -> Result<pb::PutSegmentResponse, ClientError> {
+        let io = |source| ClientError::Io {
+            path: path.display().to_string(),
+            source,
+        };
         let mut file = tokio::fs::File::open(path).await.map_err(io)?;
         let size = file.metadata().await.map_err(io)?.len();
         let header = header_msg(u, Some(size));
@@ -140,7 +166,13 @@ impl Client {
                 }
                 buf.truncate(n);
                 h.update(&buf);
-                if tx.send(pb::PutSegmentRequest { part: Some(Part::Chunk(buf)) }).await.is_err() {
+                if tx
+                    .send(pb::PutSegmentRequest {
+                        part: Some(Part::Chunk(buf)),
+                    })
+                    .await
+                    .is_err()
+                {
                     return Ok(());
                 }
             }
@@ -177,6 +209,8 @@ fn header_msg(u: &Upload, size: Option<u64>) -> pb::PutSegmentRequest {
 
 fn finish_msg(sha: [u8; 32]) -> pb::PutSegmentRequest {
     pb::PutSegmentRequest {
-        part: Some(Part::Finish(pb::SegmentFinish { sha256: sha.to_vec() })),
+        part: Some(Part::Finish(pb::SegmentFinish {
+            sha256: sha.to_vec(),
+        })),
     }
 }

@@ -59,7 +59,11 @@ pub fn parse_csv_list(text: &str) -> Vec<ListEntry> {
             .and_then(|n| n.strip_suffix('"'))
             .map(|n| n.replace("\"\"", "\""))
             .unwrap_or_else(|| name.to_string());
-        out.push(ListEntry { file: name, start, end });
+        out.push(ListEntry {
+            file: name,
+            start,
+            end,
+        });
     }
     out
 }
@@ -68,10 +72,14 @@ pub fn parse_csv_list(text: &str) -> Vec<ListEntry> {
 /// `format` (e.g. `%Y%m%d-%H%M%S`) at the first position where it parses.
 pub fn time_in_name(name: &str, format: &str) -> Option<Timestamp> {
     let stem = Path::new(name).file_stem()?.to_str()?;
-    (0..stem.len()).filter(|i| stem.is_char_boundary(*i)).find_map(|i| {
-        let (dt, _) = NaiveDateTime::parse_and_remainder(&stem[i..], format).ok()?;
-        dt.and_utc().timestamp_nanos_opt().map(Timestamp::from_nanos)
-    })
+    (0..stem.len())
+        .filter(|i| stem.is_char_boundary(*i))
+        .find_map(|i| {
+            let (dt, _) = NaiveDateTime::parse_and_remainder(&stem[i..], format).ok()?;
+            dt.and_utc()
+                .timestamp_nanos_opt()
+                .map(Timestamp::from_nanos)
+        })
 }
 
 /// Real time ranges for the entries, anchored on the first entry's name.
@@ -79,8 +87,12 @@ pub fn real_ranges(entries: &[ListEntry], format: &str) -> Result<Vec<TimeRange>
     let Some(first) = entries.first() else {
         return Ok(Vec::new());
     };
-    let t0 = time_in_name(&first.file, format)
-        .ok_or_else(|| format!("no time matching {format:?} in segment name {:?}", first.file))?;
+    let t0 = time_in_name(&first.file, format).ok_or_else(|| {
+        format!(
+            "no time matching {format:?} in segment name {:?}",
+            first.file
+        )
+    })?;
     let anchor = t0.as_nanos() - secs_to_nanos(first.start);
     entries
         .iter()
@@ -141,7 +153,10 @@ fn load_state(path: &Path) -> HashSet<String> {
 }
 
 fn append_state(path: &Path, status: &str, name: &str, detail: &str) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
     writeln!(f, "{status}\t{name}\t{detail}")?;
     f.sync_all()
 }
@@ -187,7 +202,8 @@ pub async fn watch(client: &Client, cfg: &WatchConfig) -> Result<WatchReport, St
             let state_err = |e: std::io::Error| format!("{}: {e}", state_path.display());
             match outcome {
                 Ok(r) => {
-                    append_state(&state_path, "stored", &entry.file, &r.segment_id).map_err(state_err)?;
+                    append_state(&state_path, "stored", &entry.file, &r.segment_id)
+                        .map_err(state_err)?;
                     if r.duplicate {
                         report.duplicates += 1;
                     } else {
@@ -200,12 +216,15 @@ pub async fn watch(client: &Client, cfg: &WatchConfig) -> Result<WatchReport, St
                         }
                     }
                 }
-                Err(ClientError::Io { path: p, source }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Err(ClientError::Io { path: p, source })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
                     return Err(format!("listed segment {p} is missing"));
                 }
                 Err(e) => {
                     warn!(file = %entry.file, error = %e, "server refused segment; left on disk");
-                    append_state(&state_path, "rejected", &entry.file, &e.to_string()).map_err(state_err)?;
+                    append_state(&state_path, "rejected", &entry.file, &e.to_string())
+                        .map_err(state_err)?;
                     report.rejected.push((entry.file.clone(), e.to_string()));
                 }
             }
@@ -224,7 +243,9 @@ mod tests {
 
     #[test]
     fn parses_ffmpeg_csv() {
-        let e = parse_csv_list("cam-20261124-100000.ts,0.000000,6.000000\n\"a,b.ts\",6.0,12.5\nbroken\n");
+        let e = parse_csv_list(
+            "cam-20261124-100000.ts,0.000000,6.000000\n\"a,b.ts\",6.0,12.5\nbroken\n",
+        );
         assert_eq!(e.len(), 2);
         assert_eq!(e[1].file, "a,b.ts");
         assert_eq!((e[1].start, e[1].end), (6.0, 12.5));
@@ -234,9 +255,15 @@ mod tests {
     fn ranges_tile_from_the_first_name() {
         let e = parse_csv_list("cam-20261124-100000.ts,1.4,7.4\ncam-20261124-100006.ts,7.4,13.4\n");
         let r = real_ranges(&e, "%Y%m%d-%H%M%S").unwrap();
-        assert_eq!(r[0].start(), Timestamp::parse_rfc3339("2026-11-24T10:00:00Z").unwrap());
+        assert_eq!(
+            r[0].start(),
+            Timestamp::parse_rfc3339("2026-11-24T10:00:00Z").unwrap()
+        );
         assert_eq!(r[0].end(), r[1].start());
-        assert_eq!(r[1].end(), Timestamp::parse_rfc3339("2026-11-24T10:00:12Z").unwrap());
+        assert_eq!(
+            r[1].end(),
+            Timestamp::parse_rfc3339("2026-11-24T10:00:12Z").unwrap()
+        );
         assert!(real_ranges(&parse_csv_list("nodate.ts,0,1\n"), "%Y%m%d-%H%M%S").is_err());
     }
 }

@@ -22,7 +22,9 @@ pub enum InvalidInput {
         end: String,
     },
     /// A time range longer than the configured maximum.
-    #[error("time range of {span_secs} s exceeds the configured maximum {limit_name} = {max_secs} s")]
+    #[error(
+        "time range of {span_secs} s exceeds the configured maximum {limit_name} = {max_secs} s"
+    )]
     SpanTooLong {
         /// Name of the config limit.
         limit_name: &'static str,

@@ -126,7 +126,11 @@ impl SegmentId {
     /// Parses 32 lowercase hex digits.
     pub fn parse(s: &str) -> Result<Self, InvalidInput> {
         const RULE: &str = "32 lowercase hex digits";
-        if s.len() != 32 || !s.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) {
+        if s.len() != 32
+            || !s
+                .chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+        {
             return Err(bad("segment id", s, RULE));
         }
         let mut id = [0u8; 16];
@@ -202,7 +206,16 @@ mod tests {
         for ok in ["cam-001", "A", "gate.north_2", &"x".repeat(64)] {
             assert!(CameraId::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "-cam", ".x", "cam/1", "cam 1", "caméra", &"x".repeat(65), ".."] {
+        for bad in [
+            "",
+            "-cam",
+            ".x",
+            "cam/1",
+            "cam 1",
+            "caméra",
+            &"x".repeat(65),
+            "..",
+        ] {
             assert!(CameraId::parse(bad).is_err(), "{bad}");
         }
     }
@@ -222,7 +235,15 @@ mod tests {
         let a = SegmentId::derive(&c, &s, Timestamp::from_secs(5), 0);
         assert_eq!(a, SegmentId::derive(&c, &s, Timestamp::from_secs(5), 0));
         assert_ne!(a, SegmentId::derive(&c, &s, Timestamp::from_secs(5), 1));
-        assert_ne!(a, SegmentId::derive(&c, &StreamName::parse("sub").unwrap(), Timestamp::from_secs(5), 0));
+        assert_ne!(
+            a,
+            SegmentId::derive(
+                &c,
+                &StreamName::parse("sub").unwrap(),
+                Timestamp::from_secs(5),
+                0
+            )
+        );
         assert_eq!(SegmentId::parse(&a.to_string()).unwrap(), a);
         assert!(SegmentId::parse("ABCDEF0123456789abcdef0123456789").is_err());
         assert!(SegmentId::parse("abc").is_err());
@@ -232,7 +253,13 @@ mod tests {
     fn media_types() {
         assert!(MediaType::parse("video/mp2t").unwrap().is_concatenable());
         assert!(!MediaType::parse("video/mp4").unwrap().is_concatenable());
-        for bad in ["video", "/mp4", "video/", "Video/MP4", "video/mp4; codecs=x"] {
+        for bad in [
+            "video",
+            "/mp4",
+            "video/",
+            "Video/MP4",
+            "video/mp4; codecs=x",
+        ] {
             assert!(MediaType::parse(bad).is_err(), "{bad}");
         }
     }

@@ -89,7 +89,11 @@ impl Timestamp {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_datetime().to_rfc3339_opts(SecondsFormat::AutoSi, true))
+        f.write_str(
+            &self
+                .to_datetime()
+                .to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        )
     }
 }
 
@@ -181,7 +185,9 @@ mod tests {
             .check_span(std::time::Duration::from_secs(3600), "max_query_span")
             .unwrap_err();
         assert!(err.to_string().contains("max_query_span"));
-        assert!(r.check_span(std::time::Duration::from_secs(3601), "x").is_ok());
+        assert!(r
+            .check_span(std::time::Duration::from_secs(3601), "x")
+            .is_ok());
     }
 
     #[test]

@@ -110,6 +110,10 @@ mod deploy_example {
     fn deploy_example_config_loads_and_matches_defaults() {
         let text = include_str!("../../../deploy/custodyd.toml");
         let c = ServerConfig::from_toml(text).expect("deploy/custodyd.toml parses");
-        assert_eq!(c, ServerConfig::default(), "the example documents the defaults");
+        assert_eq!(
+            c,
+            ServerConfig::default(),
+            "the example documents the defaults"
+        );
     }
 }

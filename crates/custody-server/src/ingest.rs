@@ -65,8 +65,10 @@ fn hex32(d: &[u8; 32]) -> String {
 impl Node {
     /// Validates the header against the configured limits.
     fn check_header(&self, h: &IngestHeader) -> Result<(), ServerError> {
-        h.range
-            .check_span(self.limits.max_segment_duration(), "limits.max_segment_duration_secs")?;
+        h.range.check_span(
+            self.limits.max_segment_duration(),
+            "limits.max_segment_duration_secs",
+        )?;
         if let Some(size) = h.size {
             if size > self.limits.max_segment_bytes {
                 return Err(ServerError::Invalid(format!(
@@ -80,14 +82,25 @@ impl Node {
 
     /// Stores one segment. Returns only once the encrypted object and its index
     /// entry are durable; on any error nothing is visible.
-    pub async fn ingest<S>(&self, header: IngestHeader, mut parts: S) -> Result<IngestReceipt, ServerError>
+    pub async fn ingest<S>(
+        &self,
+        header: IngestHeader,
+        mut parts: S,
+    ) -> Result<IngestReceipt, ServerError>
     where
         S: Stream<Item = Result<IngestPart, ServerError>> + Unpin + Send,
     {
         self.check_header(&header)?;
-        let id = SegmentId::derive(&header.camera, &header.stream, header.range.start(), header.sequence);
+        let id = SegmentId::derive(
+            &header.camera,
+            &header.stream,
+            header.range.start(),
+            header.sequence,
+        );
         let _guard = self.claim(id).ok_or_else(|| {
-            ServerError::Aborted(format!("an upload of segment {id} is already in progress; retry"))
+            ServerError::Aborted(format!(
+                "an upload of segment {id} is already in progress; retry"
+            ))
         })?;
         if let Some(existing) = self.catalog.get(&id)? {
             return self.answer_duplicate(&header, existing, &mut parts).await;
@@ -246,7 +259,10 @@ impl Node {
             }
         }
         let digest: [u8; 32] = h.finalize().into();
-        if digest != existing.sha256 || existing.media_type != header.media_type || existing.range != header.range {
+        if digest != existing.sha256
+            || existing.media_type != header.media_type
+            || existing.range != header.range
+        {
             return Err(ServerError::AlreadyExists(format!(
                 "segment {} (camera {}, stream {}, start {}, sequence {}) is already stored with different content (sha256 {})",
                 existing.segment_id,

@@ -31,7 +31,10 @@ pub(crate) struct InflightGuard {
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        self.set.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
     }
 }
 
@@ -119,7 +122,9 @@ impl Node {
         for (id, key) in self.catalog.pending()? {
             let path = ObjectPath::from(key.as_str());
             match self.index_object(&path).await {
-                Ok(rec) => info!(segment = %id, key, size = rec.size, "recovered segment stored before a crash"),
+                Ok(rec) => {
+                    info!(segment = %id, key, size = rec.size, "recovered segment stored before a crash")
+                }
                 Err(ServerError::NotFound(_)) => {
                     info!(segment = %id, key, "dropped upload interrupted by a crash");
                 }

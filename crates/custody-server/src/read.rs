@@ -29,11 +29,16 @@ pub struct OpenSegment {
 
 impl Node {
     /// Opens an object and authenticates its header (not its chunks).
-    pub(crate) async fn open_object(&self, key: &ObjectPath) -> Result<(OpenedSegment, u64), ServerError> {
+    pub(crate) async fn open_object(
+        &self,
+        key: &ObjectPath,
+    ) -> Result<(OpenedSegment, u64), ServerError> {
         let size = match self.store.head(key).await {
             Ok(info) => info.size,
             Err(StoreError::NotFound { .. }) => {
-                return Err(ServerError::NotFound(format!("object {key} is missing from the store")))
+                return Err(ServerError::NotFound(format!(
+                    "object {key} is missing from the store"
+                )))
             }
             Err(e) => return Err(e.into()),
         };
@@ -41,7 +46,9 @@ impl Node {
         let prefix_len = custody_crypto::open_prefix_len(&prefix)?;
         if prefix_len > prefix.len() as u64 {
             if prefix_len > size {
-                return Err(ServerError::DataLoss(format!("object {key} is truncated inside its header")));
+                return Err(ServerError::DataLoss(format!(
+                    "object {key} is truncated inside its header"
+                )));
             }
             prefix = self.store.get_range(key, 0..prefix_len).await?;
         }

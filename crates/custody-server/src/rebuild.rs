@@ -22,7 +22,10 @@ pub struct RebuildReport {
 impl Node {
     /// Reads a segment object's header and footer, checks them against its
     /// key, and indexes it.
-    pub(crate) async fn index_object(&self, path: &ObjectPath) -> Result<SegmentRecord, ServerError> {
+    pub(crate) async fn index_object(
+        &self,
+        path: &ObjectPath,
+    ) -> Result<SegmentRecord, ServerError> {
         let key = SegmentKey::parse(path)
             .ok_or_else(|| ServerError::Invalid(format!("{path} is not a segment key")))?;
         let (opened, size) = self.open_object(path).await?;

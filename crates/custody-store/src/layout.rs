@@ -37,7 +37,9 @@ fn compact(t: Timestamp) -> String {
 
 fn parse_compact(s: &str) -> Option<Timestamp> {
     let dt = chrono::NaiveDateTime::parse_from_str(s, "%Y%m%dT%H%M%S%.9fZ").ok()?;
-    dt.and_utc().timestamp_nanos_opt().map(Timestamp::from_nanos)
+    dt.and_utc()
+        .timestamp_nanos_opt()
+        .map(Timestamp::from_nanos)
 }
 
 impl SegmentKey {
@@ -121,7 +123,9 @@ mod tests {
             sequence: 3,
         };
         let p = key.path();
-        assert!(p.as_ref().starts_with("segments/cam-7/main/2026/11/24/10/20261124T100000.250000000Z_"));
+        assert!(p
+            .as_ref()
+            .starts_with("segments/cam-7/main/2026/11/24/10/20261124T100000.250000000Z_"));
         assert_eq!(SegmentKey::parse(&p), Some(key));
     }
 

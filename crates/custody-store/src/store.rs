@@ -71,7 +71,8 @@ impl Store {
             config.url.clone()
         };
         if let Some(path) = url.strip_prefix("file://") {
-            return Self::open_local(PathBuf::from(path), data_dir.join("staging"), url.clone()).await;
+            return Self::open_local(PathBuf::from(path), data_dir.join("staging"), url.clone())
+                .await;
         }
         if url == "memory://" {
             return Ok(Self::memory());
@@ -270,8 +271,7 @@ impl Store {
             .await
             .map_err(|e| StoreError::backend(key, e))?;
         let k = key.clone();
-        Ok(r
-            .into_stream()
+        Ok(r.into_stream()
             .map_err(move |e| StoreError::backend(&k, e))
             .boxed())
     }
@@ -329,7 +329,12 @@ fn write_durable_local(
 }
 
 /// Moves a synced staging file into place and makes the move durable.
-fn publish_local(tmp: &FsPath, dest: &FsPath, root: &FsPath, create_only: bool) -> std::io::Result<()> {
+fn publish_local(
+    tmp: &FsPath,
+    dest: &FsPath,
+    root: &FsPath,
+    create_only: bool,
+) -> std::io::Result<()> {
     let parent = dest
         .parent()
         .ok_or_else(|| std::io::Error::other("object key has no parent directory"))?;
@@ -468,26 +473,50 @@ mod tests {
         let key = Path::from("segments/a/b/c.cseg");
         let mut w = store.writer(&key).await.unwrap();
         w.write(b"hello ").await.unwrap();
-        assert!(store.head(&key).await.is_err(), "uncommitted write is visible");
+        assert!(
+            store.head(&key).await.is_err(),
+            "uncommitted write is visible"
+        );
         w.write(b"world").await.unwrap();
         assert_eq!(w.commit().await.unwrap(), 11);
-        assert_eq!(store.get(&key).await.unwrap(), Bytes::from_static(b"hello world"));
-        assert_eq!(store.get_range(&key, 6..11).await.unwrap(), Bytes::from_static(b"world"));
+        assert_eq!(
+            store.get(&key).await.unwrap(),
+            Bytes::from_static(b"hello world")
+        );
+        assert_eq!(
+            store.get_range(&key, 6..11).await.unwrap(),
+            Bytes::from_static(b"world")
+        );
         assert_eq!(store.head(&key).await.unwrap().size, 11);
 
         let aborted = Path::from("segments/a/b/d.cseg");
         let mut w = store.writer(&aborted).await.unwrap();
         w.write(b"partial").await.unwrap();
         w.abort().await;
-        assert!(matches!(store.head(&aborted).await, Err(StoreError::NotFound { .. })));
+        assert!(matches!(
+            store.head(&aborted).await,
+            Err(StoreError::NotFound { .. })
+        ));
 
         let rec = Path::from("holds/h1.rec");
-        store.put_create_only(&rec, Bytes::from_static(b"one")).await.unwrap();
-        let again = store.put_create_only(&rec, Bytes::from_static(b"two")).await;
-        assert!(matches!(again, Err(StoreError::AlreadyExists { .. })), "{again:?}");
+        store
+            .put_create_only(&rec, Bytes::from_static(b"one"))
+            .await
+            .unwrap();
+        let again = store
+            .put_create_only(&rec, Bytes::from_static(b"two"))
+            .await;
+        assert!(
+            matches!(again, Err(StoreError::AlreadyExists { .. })),
+            "{again:?}"
+        );
         assert_eq!(store.get(&rec).await.unwrap(), Bytes::from_static(b"one"));
 
-        let listed: Vec<_> = store.list(&Path::from("segments")).try_collect().await.unwrap();
+        let listed: Vec<_> = store
+            .list(&Path::from("segments"))
+            .try_collect()
+            .await
+            .unwrap();
         assert_eq!(listed.len(), 1);
         store.delete(&key).await.unwrap();
         store.delete(&key).await.unwrap();
@@ -502,11 +531,15 @@ mod tests {
     #[tokio::test]
     async fn local_store_semantics_and_staging_cleanup() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&StoreConfig::default(), dir.path()).await.unwrap();
+        let store = Store::open(&StoreConfig::default(), dir.path())
+            .await
+            .unwrap();
         roundtrip(&store).await;
         // A crash mid-write leaves a staging file; reopening removes it and it never shows.
         std::fs::write(dir.path().join("staging/leftover.tmp"), b"x").unwrap();
-        let store = Store::open(&StoreConfig::default(), dir.path()).await.unwrap();
+        let store = Store::open(&StoreConfig::default(), dir.path())
+            .await
+            .unwrap();
         assert!(!dir.path().join("staging/leftover.tmp").exists());
         let all: Vec<_> = store.list(&Path::from("")).try_collect().await.unwrap();
         assert!(all.iter().all(|o| !o.key.as_ref().contains("tmp")));

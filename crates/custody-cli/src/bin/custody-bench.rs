@@ -43,7 +43,13 @@ impl Row {
     }
 }
 
-async fn grpc_ingest(client: &Client, size: usize, count: u64, concurrency: usize, camera: &str) -> Result<Row> {
+async fn grpc_ingest(
+    client: &Client,
+    size: usize,
+    count: u64,
+    concurrency: usize,
+    camera: &str,
+) -> Result<Row> {
     let mut payload = vec![0u8; size];
     rand::thread_rng().fill_bytes(&mut payload);
     let t0 = Timestamp::parse_rfc3339("2026-01-01T00:00:00Z")?;
@@ -136,11 +142,33 @@ async fn main() -> Result<()> {
     let _ = stop_tx.send(());
     let _ = server.await;
 
-    println!("Custody ingest benchmark ({} per scenario, {} concurrent uploads, dir {})", human(args.bytes as usize), args.concurrency, args.dir.display());
-    println!("{:<28} {:>9} {:>10} {:>10} {:>12}", "scenario", "segments", "MB/s", "seg/s", "vs raw");
+    println!(
+        "Custody ingest benchmark ({} per scenario, {} concurrent uploads, dir {})",
+        human(args.bytes as usize),
+        args.concurrency,
+        args.dir.display()
+    );
+    println!(
+        "{:<28} {:>9} {:>10} {:>10} {:>12}",
+        "scenario", "segments", "MB/s", "seg/s", "vs raw"
+    );
     for (g, r) in &rows {
-        println!("{:<28} {:>9} {:>10.1} {:>10.1} {:>11.2}x", g.name, g.segments, g.mbps(), g.sps(), g.mbps() / r.mbps());
-        println!("{:<28} {:>9} {:>10.1} {:>10.1} {:>12}", r.name, r.segments, r.mbps(), r.sps(), "1.00x");
+        println!(
+            "{:<28} {:>9} {:>10.1} {:>10.1} {:>11.2}x",
+            g.name,
+            g.segments,
+            g.mbps(),
+            g.sps(),
+            g.mbps() / r.mbps()
+        );
+        println!(
+            "{:<28} {:>9} {:>10.1} {:>10.1} {:>12}",
+            r.name,
+            r.segments,
+            r.mbps(),
+            r.sps(),
+            "1.00x"
+        );
     }
     let _ = std::fs::remove_dir_all(&args.dir);
     Ok(())

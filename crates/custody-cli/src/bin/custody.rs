@@ -19,7 +19,12 @@ use tokio::io::AsyncWriteExt;
 #[command(name = "custody", version)]
 struct Cli {
     /// Server address.
-    #[arg(long, global = true, env = "CUSTODY_SERVER", default_value = "http://127.0.0.1:7420")]
+    #[arg(
+        long,
+        global = true,
+        env = "CUSTODY_SERVER",
+        default_value = "http://127.0.0.1:7420"
+    )]
     server: String,
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
@@ -171,14 +176,26 @@ async fn ingest(client: &Client, a: IngestArgs, json_out: bool) -> Result<()> {
         };
         let r = watch(client, &cfg).await.map_err(anyhow::Error::msg)?;
         if json_out {
-            println!("{}", json!({"uploaded": r.uploaded, "duplicates": r.duplicates, "rejected": r.rejected}));
+            println!(
+                "{}",
+                json!({"uploaded": r.uploaded, "duplicates": r.duplicates, "rejected": r.rejected})
+            );
         } else {
-            println!("{} uploaded, {} already stored, {} rejected", r.uploaded, r.duplicates, r.rejected.len());
+            println!(
+                "{} uploaded, {} already stored, {} rejected",
+                r.uploaded,
+                r.duplicates,
+                r.rejected.len()
+            );
             for (f, why) in &r.rejected {
                 println!("  rejected {f}: {why}");
             }
         }
-        return if r.rejected.is_empty() { Ok(()) } else { bail!("some segments were rejected") };
+        return if r.rejected.is_empty() {
+            Ok(())
+        } else {
+            bail!("some segments were rejected")
+        };
     }
     if a.files.is_empty() {
         bail!("give segment files, or --watch DIR");
@@ -204,10 +221,20 @@ async fn ingest(client: &Client, a: IngestArgs, json_out: bool) -> Result<()> {
             camera: a.camera.clone(),
             stream: a.stream.clone(),
             range,
-            media_type: a.media_type.clone().unwrap_or_else(|| media_type_for(file).to_string()),
-            sequence: if a.files.len() == 1 { a.sequence } else { a.sequence.map(|s| s + i as u64) },
+            media_type: a
+                .media_type
+                .clone()
+                .unwrap_or_else(|| media_type_for(file).to_string()),
+            sequence: if a.files.len() == 1 {
+                a.sequence
+            } else {
+                a.sequence.map(|s| s + i as u64)
+            },
         };
-        let r = client.put_file(&u, file).await.with_context(|| format!("uploading {}", file.display()))?;
+        let r = client
+            .put_file(&u, file)
+            .await
+            .with_context(|| format!("uploading {}", file.display()))?;
         if json_out {
             println!(
                 "{}",
@@ -233,7 +260,9 @@ where
     S: futures::Stream<Item = Result<Vec<u8>, tonic::Status>> + Unpin,
 {
     let tmp = output.with_extension("partial");
-    let mut f = tokio::fs::File::create(&tmp).await.with_context(|| format!("creating {}", tmp.display()))?;
+    let mut f = tokio::fs::File::create(&tmp)
+        .await
+        .with_context(|| format!("creating {}", tmp.display()))?;
     let mut n = 0u64;
     while let Some(piece) = s.next().await {
         let piece = match piece {
@@ -267,16 +296,29 @@ async fn main() -> Result<()> {
     match cli.command {
         Command::Ingest(a) => ingest(&client, a, cli.json).await?,
         Command::Ls { camera: None, .. } => {
-            let r = client.archive().list_cameras(pb::ListCamerasRequest {}).await.map_err(status)?.into_inner();
+            let r = client
+                .archive()
+                .list_cameras(pb::ListCamerasRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
             if cli.json {
-                println!("{}", serde_json::Value::Array(r.cameras.iter().map(output::camera_json).collect()));
+                println!(
+                    "{}",
+                    serde_json::Value::Array(r.cameras.iter().map(output::camera_json).collect())
+                );
             } else {
                 for c in &r.cameras {
                     println!("{}", output::camera_line(c));
                 }
             }
         }
-        Command::Ls { camera: Some(camera), from, to, stream } => {
+        Command::Ls {
+            camera: Some(camera),
+            from,
+            to,
+            stream,
+        } => {
             let range = range_of(&from, &to)?;
             let mut token = String::new();
             let mut all = Vec::new();
@@ -306,25 +348,46 @@ async fn main() -> Result<()> {
                 token = r.next_page_token;
             }
             if cli.json {
-                println!("{}", serde_json::Value::Array(all.iter().map(output::segment_json).collect()));
+                println!(
+                    "{}",
+                    serde_json::Value::Array(all.iter().map(output::segment_json).collect())
+                );
             }
         }
-        Command::Get { segment_id, output, offset, length } => {
+        Command::Get {
+            segment_id,
+            output,
+            offset,
+            length,
+        } => {
             let s = client
                 .archive()
-                .read_segment(pb::ReadSegmentRequest { segment_id: segment_id.clone(), offset, length })
+                .read_segment(pb::ReadSegmentRequest {
+                    segment_id: segment_id.clone(),
+                    offset,
+                    length,
+                })
                 .await
                 .map_err(status)?
                 .into_inner()
                 .map(|m| m.map(|m| m.data));
             let n = write_stream(s, &output).await?;
             if cli.json {
-                println!("{}", json!({"segment_id": segment_id, "bytes": n, "output": output}));
+                println!(
+                    "{}",
+                    json!({"segment_id": segment_id, "bytes": n, "output": output})
+                );
             } else {
                 println!("{segment_id}: {n} bytes → {}", output.display());
             }
         }
-        Command::Export { camera, from, to, stream, output } => {
+        Command::Export {
+            camera,
+            from,
+            to,
+            stream,
+            output,
+        } => {
             let range = range_of(&Some(from), &Some(to))?;
             let s = client
                 .archive()
@@ -346,20 +409,37 @@ async fn main() -> Result<()> {
             });
             let n = write_stream(s, &output).await?;
             if cli.json {
-                println!("{}", json!({"camera_id": camera, "segments": segments, "bytes": n, "output": output}));
+                println!(
+                    "{}",
+                    json!({"camera_id": camera, "segments": segments, "bytes": n, "output": output})
+                );
             } else {
-                println!("{camera} {range}: {segments} segments, {n} bytes → {}", output.display());
+                println!(
+                    "{camera} {range}: {segments} segments, {n} bytes → {}",
+                    output.display()
+                );
             }
         }
-        Command::Keys { command: KeysCommand::Init { key_file } } => {
+        Command::Keys {
+            command: KeysCommand::Init { key_file },
+        } => {
             let k = custody_crypto::Keyring::create_file(&key_file)?;
-            println!("created {} (mode 0600) with key {}", key_file.display(), k.active().id());
+            println!(
+                "created {} (mode 0600) with key {}",
+                key_file.display(),
+                k.active().id()
+            );
         }
-        Command::Keys { command: KeysCommand::Rotate { key_file, id } } => {
+        Command::Keys {
+            command: KeysCommand::Rotate { key_file, id },
+        } => {
             let mut k = custody_crypto::Keyring::load_file(&key_file)?;
             k.rotate(custody_crypto::KeyId::parse(&id)?)?;
             k.save(&key_file)?;
-            println!("{}: new segments now use key {id}; restart custodyd to apply", key_file.display());
+            println!(
+                "{}: new segments now use key {id}; restart custodyd to apply",
+                key_file.display()
+            );
         }
     }
     Ok(())

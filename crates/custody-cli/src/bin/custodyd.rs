@@ -46,8 +46,10 @@ enum CatalogCommand {
 fn load_config(args: &Args) -> Result<ServerConfig> {
     let mut config = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            let mut c = ServerConfig::from_toml(&text).with_context(|| format!("parsing {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let mut c = ServerConfig::from_toml(&text)
+                .with_context(|| format!("parsing {}", path.display()))?;
             if let Some(dir) = path.parent() {
                 c.resolve_paths(dir);
             }
@@ -68,13 +70,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
@@ -104,7 +107,9 @@ async fn main() -> Result<()> {
             grpc::serve(node, bound, shutdown_signal()).await?;
             info!("shut down cleanly");
         }
-        Command::Catalog { command: CatalogCommand::Rebuild } => {
+        Command::Catalog {
+            command: CatalogCommand::Rebuild,
+        } => {
             custody_server::destroy_catalog(&config)?;
             let node = Node::open(&config).await?;
             let report = node.reindex_all().await?;
@@ -120,7 +125,10 @@ async fn main() -> Result<()> {
             }
         }
         Command::Config => {
-            print!("{}", toml::to_string_pretty(&config).context("rendering config")?);
+            print!(
+                "{}",
+                toml::to_string_pretty(&config).context("rendering config")?
+            );
         }
     }
     Ok(())

@@ -27,7 +27,9 @@ impl ArchiveApi {
     fn known_camera(&self, id: &str) -> Result<CameraId, ServerError> {
         let camera = CameraId::parse(id)?;
         if !self.node.catalog().has_camera(&camera)? {
-            return Err(ServerError::NotFound(format!("camera {camera} has no footage in this archive")));
+            return Err(ServerError::NotFound(format!(
+                "camera {camera} has no footage in this archive"
+            )));
         }
         Ok(camera)
     }
@@ -81,7 +83,14 @@ impl pb::archive_service_server::ArchiveService for ArchiveApi {
         let page = self
             .node
             .catalog()
-            .list_segments(&camera, stream.as_ref(), &range, limits.max_segment_duration(), page_size, token)
+            .list_segments(
+                &camera,
+                stream.as_ref(),
+                &range,
+                limits.max_segment_duration(),
+                page_size,
+                token,
+            )
             .map_err(ServerError::from)?;
         Ok(Response::new(pb::ListSegmentsResponse {
             segments: page.segments.iter().map(segment_info).collect(),
@@ -105,17 +114,27 @@ impl pb::archive_service_server::ArchiveService for ArchiveApi {
                 r.offset
             )));
         }
-        let end = if r.length == 0 { size } else { r.offset.saturating_add(r.length).min(size) };
+        let end = if r.length == 0 {
+            size
+        } else {
+            r.offset.saturating_add(r.length).min(size)
+        };
         let info = segment_info(&seg.record);
         if r.offset == end {
             // Nothing to read (empty segment or empty range): the info alone.
-            let only = pb::ReadSegmentResponse { info: Some(info), data: Vec::new() };
+            let only = pb::ReadSegmentResponse {
+                info: Some(info),
+                data: Vec::new(),
+            };
             return Ok(Response::new(Box::pin(futures::stream::iter([Ok(only)]))));
         }
         let mut info = Some(info);
         let out = self.node.read_plaintext(seg, r.offset..end).map(move |b| {
             let data = b?;
-            Ok(pb::ReadSegmentResponse { info: info.take(), data: data.to_vec() })
+            Ok(pb::ReadSegmentResponse {
+                info: info.take(),
+                data: data.to_vec(),
+            })
         });
         Ok(Response::new(Box::pin(out)))
     }

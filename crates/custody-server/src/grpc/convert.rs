@@ -7,10 +7,16 @@ use custody_proto::v1 as pb;
 use crate::ServerError;
 
 /// A wire timestamp as a domain instant; `field` names it in errors.
-pub fn from_proto_ts(t: Option<prost_types::Timestamp>, field: &'static str) -> Result<Timestamp, ServerError> {
+pub fn from_proto_ts(
+    t: Option<prost_types::Timestamp>,
+    field: &'static str,
+) -> Result<Timestamp, ServerError> {
     let t = t.ok_or(InvalidInput::Missing(field))?;
     if !(0..1_000_000_000).contains(&t.nanos) {
-        return Err(ServerError::Invalid(format!("{field}.nanos {} is outside 0..1e9", t.nanos)));
+        return Err(ServerError::Invalid(format!(
+            "{field}.nanos {} is outside 0..1e9",
+            t.nanos
+        )));
     }
     Ok(Timestamp::from_parts(t.seconds, t.nanos)?)
 }
@@ -26,7 +32,10 @@ pub(crate) fn range(
     start: Option<prost_types::Timestamp>,
     end: Option<prost_types::Timestamp>,
 ) -> Result<TimeRange, ServerError> {
-    Ok(TimeRange::new(from_proto_ts(start, "start")?, from_proto_ts(end, "end")?)?)
+    Ok(TimeRange::new(
+        from_proto_ts(start, "start")?,
+        from_proto_ts(end, "end")?,
+    )?)
 }
 
 /// A catalog record as wire `SegmentInfo`.

@@ -41,24 +41,36 @@ impl pb::ingest_service_server::IngestService for IngestApi {
         request: Request<Streaming<pb::PutSegmentRequest>>,
     ) -> Result<Response<pb::PutSegmentResponse>, Status> {
         let mut stream = request.into_inner();
-        let first = stream
-            .next()
-            .await
-            .ok_or_else(|| Status::invalid_argument("empty upload: the first message must be a header"))??;
+        let first = stream.next().await.ok_or_else(|| {
+            Status::invalid_argument("empty upload: the first message must be a header")
+        })??;
         let h = match first.part {
             Some(Part::Header(h)) => header(h)?,
-            _ => return Err(Status::invalid_argument("the first message must be a header")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must be a header",
+                ))
+            }
         };
         let parts = stream.map(|m| match m {
-            Ok(pb::PutSegmentRequest { part: Some(Part::Chunk(b)) }) => Ok(IngestPart::Chunk(b.into())),
-            Ok(pb::PutSegmentRequest { part: Some(Part::Finish(f)) }) => Ok(IngestPart::Finish {
+            Ok(pb::PutSegmentRequest {
+                part: Some(Part::Chunk(b)),
+            }) => Ok(IngestPart::Chunk(b.into())),
+            Ok(pb::PutSegmentRequest {
+                part: Some(Part::Finish(f)),
+            }) => Ok(IngestPart::Finish {
                 sha256: digest(&f.sha256, "finish.sha256")?,
             }),
-            Ok(pb::PutSegmentRequest { part: Some(Part::Header(_)) }) => {
-                Err(ServerError::Invalid("a second header in one upload".into()))
+            Ok(pb::PutSegmentRequest {
+                part: Some(Part::Header(_)),
+            }) => Err(ServerError::Invalid("a second header in one upload".into())),
+            Ok(pb::PutSegmentRequest { part: None }) => {
+                Err(ServerError::Invalid("empty message in upload".into()))
             }
-            Ok(pb::PutSegmentRequest { part: None }) => Err(ServerError::Invalid("empty message in upload".into())),
-            Err(s) => Err(ServerError::Aborted(format!("upload stream failed: {}; nothing stored", s.message()))),
+            Err(s) => Err(ServerError::Aborted(format!(
+                "upload stream failed: {}; nothing stored",
+                s.message()
+            ))),
         });
         let receipt = self.node.ingest(h, Box::pin(parts)).await?;
         Ok(Response::new(pb::PutSegmentResponse {

@@ -22,19 +22,26 @@ pub struct Serving {
 impl Serving {
     /// Binds `addr`.
     pub async fn bind(addr: &str) -> Result<Serving, ServerError> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| ServerError::FailedPrecondition(format!("cannot listen on {addr}: {e}")))?;
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            ServerError::FailedPrecondition(format!("cannot listen on {addr}: {e}"))
+        })?;
         let local_addr = listener
             .local_addr()
             .map_err(|e| ServerError::Internal(format!("local address of {addr}: {e}")))?;
-        Ok(Serving { listener, local_addr })
+        Ok(Serving {
+            listener,
+            local_addr,
+        })
     }
 }
 
 /// Serves every service of `node` on `bound` until `shutdown` resolves, then
 /// drains in-flight calls.
-pub async fn serve(node: Node, bound: Serving, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
+pub async fn serve(
+    node: Node,
+    bound: Serving,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
     let max = node.limits().max_message_bytes;
     let ingest = IngestServiceServer::new(IngestApi::new(node.clone()))
         .max_decoding_message_size(max)
@@ -44,8 +51,12 @@ pub async fn serve(node: Node, bound: Serving, shutdown: impl Future<Output = ()
         .max_encoding_message_size(max);
 
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter.set_serving::<IngestServiceServer<IngestApi>>().await;
-    reporter.set_serving::<ArchiveServiceServer<ArchiveApi>>().await;
+    reporter
+        .set_serving::<IngestServiceServer<IngestApi>>()
+        .await;
+    reporter
+        .set_serving::<ArchiveServiceServer<ArchiveApi>>()
+        .await;
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(custody_proto::FILE_DESCRIPTOR_SET)
