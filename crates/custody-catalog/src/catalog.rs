@@ -5,6 +5,8 @@
 //! - `segment_ids`: `segment id (16)` → key in `segments`
 //! - `cameras`: `camera` → segment count, bytes and streams
 //! - `pending`: `segment id (16)` → object key of an upload in flight (write intent)
+//! - `expiry`: `expires_at(8, sortable) segment id (16)` → empty: the sweeper's work list
+//! - `records`: object key → sealed record bytes (holds, releases, policies mirrored from the store)
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -22,7 +24,23 @@ const CF_SEGMENTS: &str = "segments";
 const CF_SEGMENT_IDS: &str = "segment_ids";
 const CF_CAMERAS: &str = "cameras";
 const CF_PENDING: &str = "pending";
-const CFS: [&str; 4] = [CF_SEGMENTS, CF_SEGMENT_IDS, CF_CAMERAS, CF_PENDING];
+const CF_EXPIRY: &str = "expiry";
+const CF_RECORDS: &str = "records";
+const CFS: [&str; 6] = [
+    CF_SEGMENTS,
+    CF_SEGMENT_IDS,
+    CF_CAMERAS,
+    CF_PENDING,
+    CF_EXPIRY,
+    CF_RECORDS,
+];
+
+fn expiry_key(at: Timestamp, id: &SegmentId) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..8].copy_from_slice(&at.to_sortable_bytes());
+    k[8..].copy_from_slice(id.as_bytes());
+    k
+}
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct CameraCounts {
@@ -186,6 +204,9 @@ impl Catalog {
             encode(&counts),
         );
         b.delete_cf(self.cf(CF_PENDING), rec.segment_id.as_bytes());
+        if let Some(at) = rec.expires_at {
+            b.put_cf(self.cf(CF_EXPIRY), expiry_key(at, &rec.segment_id), []);
+        }
         self.db.write_opt(b, &sync_opts())?;
         Ok(())
     }
@@ -203,6 +224,9 @@ impl Catalog {
         let mut b = WriteBatch::default();
         b.delete_cf(self.cf(CF_SEGMENTS), &key);
         b.delete_cf(self.cf(CF_SEGMENT_IDS), id.as_bytes());
+        if let Some(at) = rec.expires_at {
+            b.delete_cf(self.cf(CF_EXPIRY), expiry_key(at, id));
+        }
         if counts.segments == 0 {
             b.delete_cf(self.cf(CF_CAMERAS), rec.camera.as_str().as_bytes());
         } else {
@@ -397,6 +421,122 @@ impl Catalog {
         })
     }
 
+    /// Changes a segment's expiry (after a policy change); returns false if
+    /// the segment is not indexed.
+    pub fn set_expiry(&self, id: &SegmentId, at: Option<Timestamp>) -> Result<bool, CatalogError> {
+        let _guard = self.counts_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(mut rec) = self.get(id)? else {
+            return Ok(false);
+        };
+        if rec.expires_at == at {
+            return Ok(true);
+        }
+        let key = segment_key(&rec.camera, &rec.stream, rec.range.start(), rec.sequence);
+        let mut b = WriteBatch::default();
+        if let Some(old) = rec.expires_at {
+            b.delete_cf(self.cf(CF_EXPIRY), expiry_key(old, id));
+        }
+        if let Some(new) = at {
+            b.put_cf(self.cf(CF_EXPIRY), expiry_key(new, id), []);
+        }
+        rec.expires_at = at;
+        b.put_cf(self.cf(CF_SEGMENTS), &key, encode(&rec));
+        self.db.write_opt(b, &sync_opts())?;
+        Ok(true)
+    }
+
+    /// Up to `limit` segments whose expiry is at or before `now`, earliest
+    /// first, starting after `after` (for batching). Costs what it returns.
+    pub fn expired(
+        &self,
+        now: Timestamp,
+        after: Option<(Timestamp, SegmentId)>,
+        limit: usize,
+    ) -> Result<Vec<(Timestamp, SegmentId)>, CatalogError> {
+        let from = match after {
+            Some((t, id)) => {
+                let mut k = expiry_key(t, &id).to_vec();
+                k.push(0);
+                k
+            }
+            None => Vec::new(),
+        };
+        let mut out = Vec::new();
+        let it = self.db.iterator_cf(
+            self.cf(CF_EXPIRY),
+            IteratorMode::From(&from, Direction::Forward),
+        );
+        for item in it {
+            let (k, _) = item?;
+            let (t, id) = match (k.get(..8), k.get(8..24)) {
+                (Some(t), Some(id)) if k.len() == 24 => {
+                    let mut tb = [0u8; 8];
+                    tb.copy_from_slice(t);
+                    let mut ib = [0u8; 16];
+                    ib.copy_from_slice(id);
+                    (
+                        Timestamp::from_sortable_bytes(tb),
+                        SegmentId::from_bytes(ib),
+                    )
+                }
+                _ => {
+                    return Err(CatalogError::Corrupt {
+                        key: hex_of(&k),
+                        reason: "bad expiry key".into(),
+                    })
+                }
+            };
+            if t > now || out.len() >= limit {
+                break;
+            }
+            out.push((t, id));
+        }
+        Ok(out)
+    }
+
+    /// Every segment of one camera, in (stream, start) order.
+    pub fn camera_segments(&self, camera: &CameraId) -> Result<Vec<SegmentRecord>, CatalogError> {
+        let mut prefix = camera.as_str().as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        let it = self.db.iterator_cf(
+            self.cf(CF_SEGMENTS),
+            IteratorMode::From(&prefix, Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            out.push(decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Mirrors a sealed record (hold, release, policy) kept in the store.
+    pub fn put_record(&self, object_key: &str, sealed: &[u8]) -> Result<(), CatalogError> {
+        self.db.put_cf_opt(
+            self.cf(CF_RECORDS),
+            object_key.as_bytes(),
+            sealed,
+            &sync_opts(),
+        )?;
+        Ok(())
+    }
+
+    /// Every mirrored record, as (object key, sealed bytes), in key order.
+    pub fn records(&self) -> Result<Vec<(String, Vec<u8>)>, CatalogError> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_RECORDS), IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            out.push((String::from_utf8_lossy(&k).into_owned(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
     /// Calls `f` on every indexed segment, in key order.
     pub fn for_each_segment(
         &self,
@@ -460,6 +600,7 @@ mod tests {
             key_id: "k1".into(),
             ingested_at: Timestamp::from_secs(0),
             object_key: "x".into(),
+            expires_at: Some(Timestamp::from_secs(start_s + dur_s + 100)),
         }
     }
 
@@ -537,7 +678,30 @@ mod tests {
         assert_eq!(c.delete_segment(&r1.segment_id).unwrap(), Some(r1.clone()));
         assert_eq!(c.get(&r1.segment_id).unwrap(), None);
         assert_eq!(c.cameras().unwrap()[0].first_start, Timestamp::from_secs(6));
+        // The expiry list holds r2 only, and follows set_expiry.
+        let exp = c.expired(Timestamp::from_secs(1000), None, 10).unwrap();
+        assert_eq!(exp, vec![(Timestamp::from_secs(112), r2.segment_id)]);
+        assert!(c
+            .expired(Timestamp::from_secs(111), None, 10)
+            .unwrap()
+            .is_empty());
+        assert!(c
+            .set_expiry(&r2.segment_id, Some(Timestamp::from_secs(5)))
+            .unwrap());
+        assert_eq!(
+            c.expired(Timestamp::from_secs(5), None, 10).unwrap().len(),
+            1
+        );
+        assert!(c
+            .expired(
+                Timestamp::from_secs(5),
+                Some((Timestamp::from_secs(5), r2.segment_id)),
+                10
+            )
+            .unwrap()
+            .is_empty());
         c.delete_segment(&r2.segment_id).unwrap();
+        assert!(c.expired(Timestamp::MAX, None, 10).unwrap().is_empty());
         assert!(c.cameras().unwrap().is_empty());
         assert!(!c.has_camera(&r1.camera).unwrap());
     }

@@ -30,6 +30,9 @@ pub struct SegmentRecord {
     pub ingested_at: Timestamp,
     /// Object key in the store.
     pub object_key: String,
+    /// When retention ends for this segment (ignoring holds); `None` when no
+    /// policy applies (kept until one does).
+    pub expires_at: Option<Timestamp>,
 }
 
 /// What the catalog knows about one camera.

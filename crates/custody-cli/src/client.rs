@@ -108,6 +108,11 @@ impl Client {
         })
     }
 
+    /// The underlying channel, for any service client.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     /// The archive API.
     pub fn archive(&self) -> ArchiveServiceClient<Channel> {
         ArchiveServiceClient::new(self.channel.clone()).max_decoding_message_size(64 * 1024 * 1024)

@@ -7,4 +7,5 @@
 
 pub mod client;
 pub mod output;
+pub mod retention;
 pub mod watch;

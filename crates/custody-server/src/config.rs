@@ -18,6 +18,46 @@ pub struct KeysConfig {
     pub env_var: String,
 }
 
+/// Retention enforcement. Field names are the `[retention]` config keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// How often the sweeper deletes expired, unheld footage, in seconds.
+    pub sweep_interval_secs: u64,
+    /// The hold fence F, in seconds: the sweeper deletes only while its view
+    /// of the holds is younger than this, and a hold is acknowledged only
+    /// once every member node has it or F has passed.
+    pub hold_fence_secs: u64,
+    /// Shortening a policy never deletes footage sooner than the change plus
+    /// this many seconds.
+    pub policy_grace_secs: u64,
+    /// Run the sweeper at all (turn off only for maintenance).
+    pub sweeper_enabled: bool,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            sweep_interval_secs: 60,
+            hold_fence_secs: 30,
+            policy_grace_secs: 24 * 3600,
+            sweeper_enabled: true,
+        }
+    }
+}
+
+impl RetentionConfig {
+    /// The hold fence as a duration.
+    pub fn hold_fence(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.hold_fence_secs)
+    }
+
+    /// The grace period as a duration.
+    pub fn policy_grace(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.policy_grace_secs)
+    }
+}
+
 /// The whole server configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -34,6 +74,8 @@ pub struct ServerConfig {
     pub keys: KeysConfig,
     /// Input limits.
     pub limits: Limits,
+    /// Retention enforcement.
+    pub retention: RetentionConfig,
 }
 
 impl Default for ServerConfig {
@@ -48,6 +90,7 @@ impl Default for ServerConfig {
                 env_var: "CUSTODY_KEKS".to_string(),
             },
             limits: Limits::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }

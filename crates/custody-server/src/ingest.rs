@@ -212,8 +212,9 @@ impl Node {
             key_id: kek.id().to_string(),
             ingested_at: meta.created,
             object_key: key.to_string(),
+            expires_at: None,
         };
-        self.catalog.put_segment(&rec)?;
+        let rec = self.index_segment(rec)?;
         info!(segment = %id, camera = %rec.camera, range = %rec.range, size = rec.size, "segment stored");
         Ok(IngestReceipt {
             segment_id: id,

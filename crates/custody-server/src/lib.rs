@@ -12,10 +12,12 @@ mod ingest;
 mod node;
 mod read;
 mod rebuild;
+mod retention;
 
-pub use config::{KeysConfig, ServerConfig};
+pub use config::{KeysConfig, RetentionConfig, ServerConfig};
 pub use error::ServerError;
 pub use ingest::{IngestHeader, IngestPart, IngestReceipt};
 pub use node::{load_keyring, Node};
 pub use read::{OpenSegment, DEFAULT_READ_PIECE};
 pub use rebuild::{destroy_catalog, RebuildReport};
+pub use retention::{Deletion, HoldCoverage, HoldState, SweepReport};

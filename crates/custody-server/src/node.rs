@@ -9,6 +9,7 @@ use custody_crypto::Keyring;
 use custody_store::{ObjectPath, Store, StoreError};
 use tracing::{info, warn};
 
+use crate::retention::Retention;
 use crate::{ServerConfig, ServerError};
 
 /// One Custody node. Cheap to clone; clones share everything.
@@ -20,6 +21,7 @@ pub struct Node {
     pub(crate) limits: Limits,
     pub(crate) chunk_size: u32,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) retention: Arc<Retention>,
     inflight: Arc<Mutex<HashSet<SegmentId>>>,
 }
 
@@ -85,8 +87,10 @@ impl Node {
             limits: config.limits.clone(),
             chunk_size: config.chunk_size,
             clock,
+            retention: Arc::new(Retention::new(config.retention.clone())),
             inflight: Arc::new(Mutex::new(HashSet::new())),
         };
+        node.load_retention().await?;
         node.recover_pending().await?;
         Ok(node)
     }

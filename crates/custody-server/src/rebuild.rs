@@ -51,9 +51,9 @@ impl Node {
             key_id: opened.key_id().to_string(),
             ingested_at: meta.created,
             object_key: path.to_string(),
+            expires_at: None,
         };
-        self.catalog.put_segment(&rec)?;
-        Ok(rec)
+        self.index_segment(rec)
     }
 
     /// Indexes every segment object in the store into this node's catalog.

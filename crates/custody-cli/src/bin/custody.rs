@@ -82,6 +82,22 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Retention policies.
+    Policy {
+        #[command(subcommand)]
+        command: custody_cli::retention::PolicyCommand,
+    },
+    /// Legal holds.
+    Hold {
+        #[command(subcommand)]
+        command: custody_cli::retention::HoldCommand,
+    },
+    /// Delete expired, unheld footage now (or show what would go with --dry-run).
+    Sweep {
+        /// Only report.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Key-encryption key files.
     Keys {
         #[command(subcommand)]
@@ -419,6 +435,15 @@ async fn main() -> Result<()> {
                     output.display()
                 );
             }
+        }
+        Command::Policy { command } => {
+            custody_cli::retention::policy(&client, command, cli.json).await?
+        }
+        Command::Hold { command } => {
+            custody_cli::retention::hold(&client, command, cli.json).await?
+        }
+        Command::Sweep { dry_run } => {
+            custody_cli::retention::sweep(&client, dry_run, cli.json).await?
         }
         Command::Keys {
             command: KeysCommand::Init { key_file },

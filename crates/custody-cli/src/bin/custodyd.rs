@@ -104,7 +104,11 @@ async fn main() -> Result<()> {
             // Tests and scripts read this line to learn the bound port.
             println!("custodyd listening on {}", bound.local_addr);
             info!(data_dir = %config.data_dir.display(), store = node.store().url(), "node ready");
+            let sweeper = node.spawn_sweeper();
             grpc::serve(node, bound, shutdown_signal()).await?;
+            if let Some(s) = sweeper {
+                s.abort();
+            }
             info!("shut down cleanly");
         }
         Command::Catalog {

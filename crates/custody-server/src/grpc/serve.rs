@@ -4,12 +4,15 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use custody_proto::v1::archive_service_server::ArchiveServiceServer;
+use custody_proto::v1::hold_service_server::HoldServiceServer;
 use custody_proto::v1::ingest_service_server::IngestServiceServer;
+use custody_proto::v1::policy_service_server::PolicyServiceServer;
+use custody_proto::v1::retention_service_server::RetentionServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::info;
 
-use super::{ArchiveApi, IngestApi};
+use super::{ArchiveApi, IngestApi, RetentionApi};
 use crate::{Node, ServerError};
 
 /// A bound listener, ready to serve.
@@ -50,6 +53,11 @@ pub async fn serve(
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
 
+    let retention = RetentionApi::new(node.clone());
+    let policies = PolicyServiceServer::new(retention.clone());
+    let holds = HoldServiceServer::new(retention.clone());
+    let sweeps = RetentionServiceServer::new(retention);
+
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_serving::<IngestServiceServer<IngestApi>>()
@@ -77,6 +85,9 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(ingest)
         .add_service(archive)
+        .add_service(policies)
+        .add_service(holds)
+        .add_service(sweeps)
         .serve_with_incoming_shutdown(TcpListenerStream::new(bound.listener), shutdown)
         .await
         .map_err(|e| ServerError::Unavailable(format!("gRPC server: {e}")))
