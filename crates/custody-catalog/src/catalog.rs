@@ -185,27 +185,38 @@ impl Catalog {
     /// Indexes a stored segment (and clears its write intent), durably and atomically.
     /// Indexing a segment already present is a no-op.
     pub fn put_segment(&self, rec: &SegmentRecord) -> Result<(), CatalogError> {
+        self.put_segments(std::slice::from_ref(rec))
+    }
+
+    /// Indexes many segments in one synced batch (rebuilds, bulk loads).
+    /// Segments already present are skipped.
+    pub fn put_segments(&self, recs: &[SegmentRecord]) -> Result<(), CatalogError> {
         let _guard = self.counts_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if self.get(&rec.segment_id)?.is_some() {
-            self.remove_pending(&rec.segment_id)?;
-            return Ok(());
-        }
-        let key = segment_key(&rec.camera, &rec.stream, rec.range.start(), rec.sequence);
-        let mut counts = self.counts(&rec.camera)?;
-        counts.segments += 1;
-        counts.bytes += rec.size;
-        counts.streams.insert(rec.stream.clone());
+        let mut counts: std::collections::BTreeMap<CameraId, CameraCounts> = Default::default();
+        let mut seen = std::collections::HashSet::new();
         let mut b = WriteBatch::default();
-        b.put_cf(self.cf(CF_SEGMENTS), &key, encode(rec));
-        b.put_cf(self.cf(CF_SEGMENT_IDS), rec.segment_id.as_bytes(), &key);
-        b.put_cf(
-            self.cf(CF_CAMERAS),
-            rec.camera.as_str().as_bytes(),
-            encode(&counts),
-        );
-        b.delete_cf(self.cf(CF_PENDING), rec.segment_id.as_bytes());
-        if let Some(at) = rec.expires_at {
-            b.put_cf(self.cf(CF_EXPIRY), expiry_key(at, &rec.segment_id), []);
+        for rec in recs {
+            b.delete_cf(self.cf(CF_PENDING), rec.segment_id.as_bytes());
+            if !seen.insert(rec.segment_id) || self.get(&rec.segment_id)?.is_some() {
+                continue;
+            }
+            if !counts.contains_key(&rec.camera) {
+                counts.insert(rec.camera.clone(), self.counts(&rec.camera)?);
+            }
+            if let Some(c) = counts.get_mut(&rec.camera) {
+                c.segments += 1;
+                c.bytes += rec.size;
+                c.streams.insert(rec.stream.clone());
+            }
+            let key = segment_key(&rec.camera, &rec.stream, rec.range.start(), rec.sequence);
+            b.put_cf(self.cf(CF_SEGMENTS), &key, encode(rec));
+            b.put_cf(self.cf(CF_SEGMENT_IDS), rec.segment_id.as_bytes(), &key);
+            if let Some(at) = rec.expires_at {
+                b.put_cf(self.cf(CF_EXPIRY), expiry_key(at, &rec.segment_id), []);
+            }
+        }
+        for (camera, c) in &counts {
+            b.put_cf(self.cf(CF_CAMERAS), camera.as_str().as_bytes(), encode(c));
         }
         self.db.write_opt(b, &sync_opts())?;
         Ok(())
@@ -213,31 +224,45 @@ impl Catalog {
 
     /// Removes a segment from the index; returns what was removed.
     pub fn delete_segment(&self, id: &SegmentId) -> Result<Option<SegmentRecord>, CatalogError> {
+        Ok(self.delete_segments(std::slice::from_ref(id))?.pop())
+    }
+
+    /// Removes many segments in one synced batch; returns those that were indexed.
+    pub fn delete_segments(&self, ids: &[SegmentId]) -> Result<Vec<SegmentRecord>, CatalogError> {
         let _guard = self.counts_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(rec) = self.get(id)? else {
-            return Ok(None);
-        };
-        let key = segment_key(&rec.camera, &rec.stream, rec.range.start(), rec.sequence);
-        let mut counts = self.counts(&rec.camera)?;
-        counts.segments = counts.segments.saturating_sub(1);
-        counts.bytes = counts.bytes.saturating_sub(rec.size);
+        let mut counts: std::collections::BTreeMap<CameraId, CameraCounts> = Default::default();
+        let mut removed = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         let mut b = WriteBatch::default();
-        b.delete_cf(self.cf(CF_SEGMENTS), &key);
-        b.delete_cf(self.cf(CF_SEGMENT_IDS), id.as_bytes());
-        if let Some(at) = rec.expires_at {
-            b.delete_cf(self.cf(CF_EXPIRY), expiry_key(at, id));
+        for id in ids {
+            if !seen.insert(*id) {
+                continue;
+            }
+            let Some(rec) = self.get(id)? else { continue };
+            if !counts.contains_key(&rec.camera) {
+                counts.insert(rec.camera.clone(), self.counts(&rec.camera)?);
+            }
+            if let Some(c) = counts.get_mut(&rec.camera) {
+                c.segments = c.segments.saturating_sub(1);
+                c.bytes = c.bytes.saturating_sub(rec.size);
+            }
+            let key = segment_key(&rec.camera, &rec.stream, rec.range.start(), rec.sequence);
+            b.delete_cf(self.cf(CF_SEGMENTS), &key);
+            b.delete_cf(self.cf(CF_SEGMENT_IDS), id.as_bytes());
+            if let Some(at) = rec.expires_at {
+                b.delete_cf(self.cf(CF_EXPIRY), expiry_key(at, id));
+            }
+            removed.push(rec);
         }
-        if counts.segments == 0 {
-            b.delete_cf(self.cf(CF_CAMERAS), rec.camera.as_str().as_bytes());
-        } else {
-            b.put_cf(
-                self.cf(CF_CAMERAS),
-                rec.camera.as_str().as_bytes(),
-                encode(&counts),
-            );
+        for (camera, c) in &counts {
+            if c.segments == 0 {
+                b.delete_cf(self.cf(CF_CAMERAS), camera.as_str().as_bytes());
+            } else {
+                b.put_cf(self.cf(CF_CAMERAS), camera.as_str().as_bytes(), encode(c));
+            }
         }
         self.db.write_opt(b, &sync_opts())?;
-        Ok(Some(rec))
+        Ok(removed)
     }
 
     fn counts(&self, camera: &CameraId) -> Result<CameraCounts, CatalogError> {

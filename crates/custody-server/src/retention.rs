@@ -31,6 +31,10 @@ const POLICIES: &str = "policies";
 const HOLDS: &str = "holds";
 const RELEASES: &str = "releases";
 const DELETIONS: &str = "deletions";
+/// Expired segments examined per sweep batch.
+const SWEEP_BATCH: usize = 512;
+/// Object deletions in flight at once.
+const DELETE_CONCURRENCY: usize = 16;
 
 /// Holds and releases as this node knows them.
 #[derive(Default)]
@@ -625,60 +629,58 @@ impl Node {
         out
     }
 
-    /// Deletes every expired segment no active hold covers (object, then
-    /// index entry, then a deletion record), or with `dry_run` only reports
-    /// them. Deletes nothing unless the holds were read from the store less
-    /// than the hold fence ago.
+    /// Deletes every expired segment no active hold covers, in batches:
+    /// objects, then index entries (one synced batch), then one deletion
+    /// record per batch in the store. With `dry_run` it only reports. Deletes
+    /// nothing unless the holds were read from the store less than the hold
+    /// fence ago; the hold view is read-locked across each batch's check and
+    /// deletion, so a hold placed meanwhile waits for the batch and is then
+    /// seen by every later one.
     pub async fn sweep(&self, dry_run: bool) -> Result<SweepReport, ServerError> {
         self.refresh_retention().await?;
         let now = self.clock.now();
+        let grace = self.retention.config.policy_grace();
         let mut report = SweepReport::default();
         let mut after = None;
         loop {
-            let batch = self.catalog.expired(now, after, 512)?;
-            if batch.is_empty() {
-                break;
-            }
-            for (t, id) in batch {
-                after = Some((t, id));
-                let Some(rec) = self.catalog.get(&id)? else {
-                    continue;
-                };
-                // The index is a work list; the policy book decides.
+            let batch = self.catalog.expired(now, after, SWEEP_BATCH)?;
+            let Some(last) = batch.last() else { break };
+            after = Some(*last);
+            // The index is a work list; the policy book decides.
+            let mut due = Vec::with_capacity(batch.len());
+            for (_, id) in batch {
+                let Some(rec) = self.catalog.get(&id)? else { continue };
                 let expiry = {
-                    let book = self
-                        .retention
-                        .book
-                        .read()
-                        .unwrap_or_else(|p| p.into_inner());
-                    book.expiry(
-                        &rec.camera,
-                        rec.range.end(),
-                        self.retention.config.policy_grace(),
-                    )
+                    let book = self.retention.book.read().unwrap_or_else(|p| p.into_inner());
+                    book.expiry(&rec.camera, rec.range.end(), grace)
                 };
-                let expiry = match expiry {
-                    Some(e) if e.at <= now => e,
+                match expiry {
+                    Some(e) if e.at <= now => due.push((rec, e)),
                     other => {
                         self.catalog.set_expiry(&id, other.map(|e| e.at))?;
-                        continue;
                     }
-                };
-                if !self.retention.view_is_fresh() && self.refresh_retention().await.is_err() {
-                    report.stopped_by_fence = true;
-                    warn!("hold view is older than the fence and the store is unreadable: sweep stopped");
-                    return Ok(report);
                 }
-                let view = self.retention.holds.read().await;
-                if !self.retention.view_is_fresh() {
-                    report.stopped_by_fence = true;
-                    return Ok(report);
-                }
+            }
+            if due.is_empty() {
+                continue;
+            }
+            if !self.retention.view_is_fresh() && self.refresh_retention().await.is_err() {
+                report.stopped_by_fence = true;
+                warn!("hold view is older than the fence and the store is unreadable: sweep stopped");
+                return Ok(report);
+            }
+            let view = self.retention.holds.read().await;
+            if !self.retention.view_is_fresh() {
+                report.stopped_by_fence = true;
+                return Ok(report);
+            }
+            let mut doomed = Vec::with_capacity(due.len());
+            for (rec, expiry) in due {
                 if view.index.covering(&rec.camera, &rec.range).is_some() {
                     report.kept_by_hold += 1;
                     continue;
                 }
-                let deletion = Deletion {
+                doomed.push(Deletion {
                     segment_id: rec.segment_id,
                     camera: rec.camera.clone(),
                     range: rec.range,
@@ -689,28 +691,50 @@ impl Node {
                     policy_scope: expiry.scope.key().to_string(),
                     policy_version: expiry.policy_version,
                     deleted_at: now,
-                };
-                if !dry_run {
-                    self.store
-                        .delete(&ObjectPath::from(rec.object_key.as_str()))
-                        .await?;
-                    self.catalog.delete_segment(&id)?;
-                    drop(view);
-                    let day = now.to_datetime().format("%Y-%m-%d").to_string();
-                    let name = format!("{day}/{}.rec", rec.segment_id);
-                    match self
-                        .put_record(DELETIONS, &name, "deletion", &deletion)
-                        .await
-                    {
-                        Ok(_) | Err(ServerError::AlreadyExists(_)) => {}
-                        Err(e) => return Err(e),
-                    }
-                    info!(segment = %id, camera = %rec.camera, expired_at = %expiry.at, "expired segment deleted");
+                });
+            }
+            if dry_run || doomed.is_empty() {
+                report.deleted.extend(doomed);
+                continue;
+            }
+            let keys: Vec<ObjectPath> = doomed.iter().map(|d| ObjectPath::from(d.object_key.as_str())).collect();
+            let results = self.delete_objects(keys).await;
+            let mut failure = None;
+            let mut deleted = Vec::with_capacity(doomed.len());
+            for (d, r) in doomed.into_iter().zip(results) {
+                match r {
+                    Ok(()) => deleted.push(d),
+                    Err(e) => failure = Some(e),
                 }
-                report.deleted.push(deletion);
+            }
+            let ids: Vec<SegmentId> = deleted.iter().map(|d| d.segment_id).collect();
+            self.catalog.delete_segments(&ids)?;
+            drop(view);
+            if !deleted.is_empty() {
+                let day = now.to_datetime().format("%Y-%m-%d").to_string();
+                let name = format!("{day}/{:020}-{}.rec", now.as_nanos(), deleted[0].segment_id);
+                self.put_record(DELETIONS, &name, "deletion", &deleted).await?;
+                info!(deleted = deleted.len(), "expired segments deleted");
+            }
+            report.deleted.extend(deleted);
+            if let Some(e) = failure {
+                return Err(e.into());
             }
         }
         Ok(report)
+    }
+
+    /// Deletes objects, `DELETE_CONCURRENCY` at a time, in order of `keys`.
+    async fn delete_objects(&self, keys: Vec<ObjectPath>) -> Vec<Result<(), custody_store::StoreError>> {
+        let store = self.store.clone();
+        let futs: Vec<_> = keys
+            .into_iter()
+            .map(move |key| {
+                let store = store.clone();
+                async move { store.delete(&key).await }
+            })
+            .collect();
+        futures::stream::iter(futs).buffered(DELETE_CONCURRENCY).collect().await
     }
 
     /// Runs the sweeper every `sweep_interval_secs` until the node is dropped.
