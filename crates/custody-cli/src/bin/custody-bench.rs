@@ -158,7 +158,9 @@ async fn main() -> Result<()> {
 
 async fn sweep_bench(a: SweepArgs) -> Result<()> {
     use custody_catalog::SegmentRecord;
-    use custody_core::{CameraId, HoldCameras, ManualClock, MediaType, Policy, PolicyScope, SegmentId, StreamName};
+    use custody_core::{
+        CameraId, HoldCameras, ManualClock, MediaType, Policy, PolicyScope, SegmentId, StreamName,
+    };
     use custody_store::SegmentKey;
 
     let _ = std::fs::remove_dir_all(&a.dir);
@@ -176,14 +178,21 @@ async fn sweep_bench(a: SweepArgs) -> Result<()> {
     let day = 86_400u64;
     node.set_policy(
         PolicyScope::Default,
-        Policy { retain_for_secs: day, floor_secs: None, ceiling_secs: None, locked: false },
+        Policy {
+            retain_for_secs: day,
+            floor_secs: None,
+            ceiling_secs: None,
+            locked: false,
+        },
         "bench",
     )
     .await?;
 
     // Segments: 6 s each, per camera consecutive, all ending before t0.
     let per_camera = a.segments.div_ceil(a.cameras);
-    let cameras: Vec<CameraId> = (0..a.cameras).map(|i| CameraId::parse(&format!("cam-{i:05}"))).collect::<Result<_, _>>()?;
+    let cameras: Vec<CameraId> = (0..a.cameras)
+        .map(|i| CameraId::parse(&format!("cam-{i:05}")))
+        .collect::<Result<_, _>>()?;
     let base = t0.saturating_add_nanos(-((per_camera as i64 + 10) * 6_000_000_000));
     let populate = Instant::now();
     let mut batch = Vec::with_capacity(10_000);
@@ -197,8 +206,17 @@ async fn sweep_bench(a: SweepArgs) -> Result<()> {
             let start = base.saturating_add_nanos(j as i64 * 6_000_000_000);
             let range = TimeRange::new(start, start.saturating_add_nanos(6_000_000_000))?;
             let id = SegmentId::derive(camera, &stream, start, 0);
-            let key = SegmentKey { camera: camera.clone(), stream: stream.clone(), range, sequence: 0, segment_id: id }.path();
-            node.store().put_create_only(&key, b"encrypted bytes stand-in".to_vec().into()).await?;
+            let key = SegmentKey {
+                camera: camera.clone(),
+                stream: stream.clone(),
+                range,
+                sequence: 0,
+                segment_id: id,
+            }
+            .path();
+            node.store()
+                .put_create_only(&key, b"encrypted bytes stand-in".to_vec().into())
+                .await?;
             batch.push(SegmentRecord {
                 segment_id: id,
                 camera: camera.clone(),
@@ -248,15 +266,41 @@ async fn sweep_bench(a: SweepArgs) -> Result<()> {
     let report = node.sweep(false).await?;
     let took = started.elapsed();
     let deleted = report.deleted.len() as u64;
-    println!("Custody sweep benchmark: {} expired segments over {} cameras, {} active holds", n, a.cameras, a.holds);
+    println!(
+        "Custody sweep benchmark: {} expired segments over {} cameras, {} active holds",
+        n, a.cameras, a.holds
+    );
     println!("catalog {} (RocksDB, synced batches); objects in memory:// so the figure is the sweeper's own cost", a.dir.display());
-    println!("{:<34} {:>12}", "populate catalog", format!("{:.1} s", populated.as_secs_f64()));
-    println!("{:<34} {:>12}", "place holds (durable records)", format!("{:.1} s", holds_took.as_secs_f64()));
+    println!(
+        "{:<34} {:>12}",
+        "populate catalog",
+        format!("{:.1} s", populated.as_secs_f64())
+    );
+    println!(
+        "{:<34} {:>12}",
+        "place holds (durable records)",
+        format!("{:.1} s", holds_took.as_secs_f64())
+    );
     println!("{:<34} {:>12}", "segments deleted", deleted);
-    println!("{:<34} {:>12}", "segments kept by holds", report.kept_by_hold);
-    println!("{:<34} {:>12}", "sweep time", format!("{:.1} s", took.as_secs_f64()));
-    println!("{:<34} {:>12.0}", "deletions per second", deleted as f64 / took.as_secs_f64());
-    println!("{:<34} {:>12.0}", "segments examined per second", (deleted + report.kept_by_hold) as f64 / took.as_secs_f64());
+    println!(
+        "{:<34} {:>12}",
+        "segments kept by holds", report.kept_by_hold
+    );
+    println!(
+        "{:<34} {:>12}",
+        "sweep time",
+        format!("{:.1} s", took.as_secs_f64())
+    );
+    println!(
+        "{:<34} {:>12.0}",
+        "deletions per second",
+        deleted as f64 / took.as_secs_f64()
+    );
+    println!(
+        "{:<34} {:>12.0}",
+        "segments examined per second",
+        (deleted + report.kept_by_hold) as f64 / took.as_secs_f64()
+    );
     drop(node);
     let _ = std::fs::remove_dir_all(&a.dir);
     Ok(())
