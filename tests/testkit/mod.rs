@@ -45,6 +45,7 @@ impl Server {
         let addr = line
             .trim()
             .strip_prefix("custodyd listening on ")
+            .and_then(|rest| rest.split_whitespace().next())
             .unwrap_or_else(|| panic!("unexpected custodyd banner {line:?}"))
             .to_string();
         Server {

@@ -58,14 +58,70 @@ impl RetentionConfig {
     }
 }
 
+/// A gRPC service that a listener can expose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceKind {
+    /// `custody.v1.IngestService`: cameras push segments.
+    Ingest,
+    /// `custody.v1.ArchiveService`: list, read, export.
+    Archive,
+    /// `custody.v1.PolicyService`: retention policies.
+    Policy,
+    /// `custody.v1.HoldService`: legal holds.
+    Hold,
+    /// `custody.v1.RetentionService`: sweeps.
+    Retention,
+}
+
+impl ServiceKind {
+    /// Every service.
+    pub const ALL: [ServiceKind; 5] = [
+        ServiceKind::Ingest,
+        ServiceKind::Archive,
+        ServiceKind::Policy,
+        ServiceKind::Hold,
+        ServiceKind::Retention,
+    ];
+
+    /// The fully qualified gRPC service name.
+    pub fn grpc_name(self) -> &'static str {
+        match self {
+            ServiceKind::Ingest => "custody.v1.IngestService",
+            ServiceKind::Archive => "custody.v1.ArchiveService",
+            ServiceKind::Policy => "custody.v1.PolicyService",
+            ServiceKind::Hold => "custody.v1.HoldService",
+            ServiceKind::Retention => "custody.v1.RetentionService",
+        }
+    }
+}
+
+/// One network listener. Field names are the `[[listeners]]` config keys.
+/// Health checking and reflection are on every listener; reflection lists
+/// only what the listener serves, and a service not listed does not exist
+/// there (UNIMPLEMENTED).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Name, e.g. `cameras`, `operators`, `admin`.
+    pub name: String,
+    /// Address to bind, e.g. `10.20.0.1:7421`. Without TLS it must be loopback.
+    pub addr: String,
+    /// Services exposed on this listener.
+    pub services: Vec<ServiceKind>,
+}
+
 /// The whole server configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// Directory for the catalog, staging files, keys and (by default) objects.
     pub data_dir: PathBuf,
-    /// Address of the gRPC listener.
+    /// Address of the single gRPC listener used when `listeners` is empty
+    /// (every service, loopback only).
     pub listen: String,
+    /// Listeners, one per network segment, each with its own services.
+    pub listeners: Vec<ListenerConfig>,
     /// Plaintext bytes per encrypted chunk of a segment container.
     pub chunk_size: u32,
     /// Object store.
@@ -83,6 +139,7 @@ impl Default for ServerConfig {
         ServerConfig {
             data_dir: PathBuf::from("data"),
             listen: "127.0.0.1:7420".to_string(),
+            listeners: Vec::new(),
             chunk_size: custody_crypto::DEFAULT_CHUNK_SIZE,
             store: StoreConfig::default(),
             keys: KeysConfig {
@@ -107,6 +164,41 @@ impl ServerConfig {
             .key_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("keys").join("keyring.toml"))
+    }
+
+    /// The listeners to open: `listeners`, or one loopback listener on
+    /// `listen` with every service. Refuses duplicate names, empty service
+    /// lists and plaintext on a non-loopback address.
+    pub fn effective_listeners(&self) -> Result<Vec<ListenerConfig>, String> {
+        let listeners = if self.listeners.is_empty() {
+            vec![ListenerConfig {
+                name: "local".to_string(),
+                addr: self.listen.clone(),
+                services: ServiceKind::ALL.to_vec(),
+            }]
+        } else {
+            self.listeners.clone()
+        };
+        let mut names = std::collections::HashSet::new();
+        for l in &listeners {
+            if !names.insert(l.name.as_str()) {
+                return Err(format!("listener name {:?} is used twice", l.name));
+            }
+            if l.services.is_empty() {
+                return Err(format!("listener {:?} exposes no services", l.name));
+            }
+            let addrs: Vec<std::net::SocketAddr> =
+                std::net::ToSocketAddrs::to_socket_addrs(&l.addr)
+                    .map_err(|e| format!("listener {:?}: address {:?}: {e}", l.name, l.addr))?
+                    .collect();
+            if addrs.is_empty() || addrs.iter().any(|a| !a.ip().is_loopback()) {
+                return Err(format!(
+                    "listener {:?} binds {} without TLS: plaintext is allowed only on loopback (TLS listeners are not supported yet)",
+                    l.name, l.addr
+                ));
+            }
+        }
+        Ok(listeners)
     }
 
     /// The catalog directory.
@@ -136,6 +228,39 @@ mod tests {
         let c = ServerConfig::from_toml("").unwrap();
         assert_eq!(c, ServerConfig::default());
         assert!(c.listen.starts_with("127.0.0.1:"));
+    }
+
+    #[test]
+    fn listeners_are_validated() {
+        let c = ServerConfig::default();
+        let l = c.effective_listeners().unwrap();
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].services, ServiceKind::ALL.to_vec());
+        let c = ServerConfig::from_toml(
+            "[[listeners]]\nname = \"cameras\"\naddr = \"127.0.0.1:0\"\nservices = [\"ingest\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.effective_listeners().unwrap()[0].services,
+            vec![ServiceKind::Ingest]
+        );
+        let public = ServerConfig::from_toml(
+            "[[listeners]]\nname = \"cameras\"\naddr = \"0.0.0.0:7421\"\nservices = [\"ingest\"]\n",
+        )
+        .unwrap();
+        assert!(public
+            .effective_listeners()
+            .unwrap_err()
+            .contains("only on loopback"));
+        assert!(ServerConfig::from_toml(
+            "[[listeners]]\nname = \"x\"\naddr = \"127.0.0.1:0\"\nservices = [\"admin\"]\n"
+        )
+        .is_err());
+        let dup = ServerConfig::from_toml(
+            "[[listeners]]\nname = \"x\"\naddr = \"127.0.0.1:0\"\nservices = [\"ingest\"]\n[[listeners]]\nname = \"x\"\naddr = \"127.0.0.1:0\"\nservices = [\"archive\"]\n",
+        )
+        .unwrap();
+        assert!(dup.effective_listeners().is_err());
     }
 
     #[test]

@@ -14,7 +14,7 @@ mod read;
 mod rebuild;
 mod retention;
 
-pub use config::{KeysConfig, RetentionConfig, ServerConfig};
+pub use config::{KeysConfig, ListenerConfig, RetentionConfig, ServerConfig, ServiceKind};
 pub use error::ServerError;
 pub use ingest::{IngestHeader, IngestPart, IngestReceipt};
 pub use node::{load_keyring, Node};

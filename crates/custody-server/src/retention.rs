@@ -649,9 +649,15 @@ impl Node {
             // The index is a work list; the policy book decides.
             let mut due = Vec::with_capacity(batch.len());
             for (_, id) in batch {
-                let Some(rec) = self.catalog.get(&id)? else { continue };
+                let Some(rec) = self.catalog.get(&id)? else {
+                    continue;
+                };
                 let expiry = {
-                    let book = self.retention.book.read().unwrap_or_else(|p| p.into_inner());
+                    let book = self
+                        .retention
+                        .book
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner());
                     book.expiry(&rec.camera, rec.range.end(), grace)
                 };
                 match expiry {
@@ -666,7 +672,9 @@ impl Node {
             }
             if !self.retention.view_is_fresh() && self.refresh_retention().await.is_err() {
                 report.stopped_by_fence = true;
-                warn!("hold view is older than the fence and the store is unreadable: sweep stopped");
+                warn!(
+                    "hold view is older than the fence and the store is unreadable: sweep stopped"
+                );
                 return Ok(report);
             }
             let view = self.retention.holds.read().await;
@@ -697,7 +705,10 @@ impl Node {
                 report.deleted.extend(doomed);
                 continue;
             }
-            let keys: Vec<ObjectPath> = doomed.iter().map(|d| ObjectPath::from(d.object_key.as_str())).collect();
+            let keys: Vec<ObjectPath> = doomed
+                .iter()
+                .map(|d| ObjectPath::from(d.object_key.as_str()))
+                .collect();
             let results = self.delete_objects(keys).await;
             let mut failure = None;
             let mut deleted = Vec::with_capacity(doomed.len());
@@ -713,7 +724,8 @@ impl Node {
             if !deleted.is_empty() {
                 let day = now.to_datetime().format("%Y-%m-%d").to_string();
                 let name = format!("{day}/{:020}-{}.rec", now.as_nanos(), deleted[0].segment_id);
-                self.put_record(DELETIONS, &name, "deletion", &deleted).await?;
+                self.put_record(DELETIONS, &name, "deletion", &deleted)
+                    .await?;
                 info!(deleted = deleted.len(), "expired segments deleted");
             }
             report.deleted.extend(deleted);
@@ -725,7 +737,10 @@ impl Node {
     }
 
     /// Deletes objects, `DELETE_CONCURRENCY` at a time, in order of `keys`.
-    async fn delete_objects(&self, keys: Vec<ObjectPath>) -> Vec<Result<(), custody_store::StoreError>> {
+    async fn delete_objects(
+        &self,
+        keys: Vec<ObjectPath>,
+    ) -> Vec<Result<(), custody_store::StoreError>> {
         let store = self.store.clone();
         let futs: Vec<_> = keys
             .into_iter()
@@ -734,7 +749,10 @@ impl Node {
                 async move { store.delete(&key).await }
             })
             .collect();
-        futures::stream::iter(futs).buffered(DELETE_CONCURRENCY).collect().await
+        futures::stream::iter(futs)
+            .buffered(DELETE_CONCURRENCY)
+            .collect()
+            .await
     }
 
     /// Runs the sweeper every `sweep_interval_secs` until the node is dropped.

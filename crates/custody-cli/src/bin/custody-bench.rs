@@ -314,10 +314,14 @@ async fn ingest_bench(args: Args) -> Result<()> {
         ..ServerConfig::default()
     };
     let node = Node::open(&config).await.context("opening node")?;
-    let bound = grpc::Serving::bind(&config.listen).await?;
+    let listener = config
+        .effective_listeners()
+        .map_err(anyhow::Error::msg)?
+        .remove(0);
+    let bound = grpc::Serving::bind(listener).await?;
     let addr = format!("http://{}", bound.local_addr);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(grpc::serve(node, bound, async {
+    let server = tokio::spawn(grpc::serve(node, vec![bound], async {
         let _ = stop_rx.await;
     }));
     let client = Client::new(&addr)?;

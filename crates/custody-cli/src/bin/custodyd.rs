@@ -99,10 +99,25 @@ async fn main() -> Result<()> {
     let config = load_config(&args)?;
     match args.command.unwrap_or(Command::Serve) {
         Command::Serve => {
+            let listeners = config.effective_listeners().map_err(anyhow::Error::msg)?;
             let node = Node::open(&config).await?;
-            let bound = grpc::Serving::bind(&config.listen).await?;
-            // Tests and scripts read this line to learn the bound port.
-            println!("custodyd listening on {}", bound.local_addr);
+            let mut bound = Vec::new();
+            for l in listeners {
+                let b = grpc::Serving::bind(l).await?;
+                // Tests and scripts read these lines to learn the bound ports.
+                println!(
+                    "custodyd listening on {} name={} services={}",
+                    b.local_addr,
+                    b.config.name,
+                    b.config
+                        .services
+                        .iter()
+                        .map(|s| format!("{s:?}").to_lowercase())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                );
+                bound.push(b);
+            }
             info!(data_dir = %config.data_dir.display(), store = node.store().url(), "node ready");
             let sweeper = node.spawn_sweeper();
             grpc::serve(node, bound, shutdown_signal()).await?;

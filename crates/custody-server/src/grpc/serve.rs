@@ -1,4 +1,5 @@
-//! Serving the gRPC API, with standard health checking and reflection.
+//! Serving the gRPC API on one listener per network segment, each with only
+//! its configured services, standard health checking and reflection.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,85 +11,135 @@ use custody_proto::v1::policy_service_server::PolicyServiceServer;
 use custody_proto::v1::retention_service_server::RetentionServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::RoutesBuilder;
 use tracing::info;
 
 use super::{ArchiveApi, IngestApi, RetentionApi};
-use crate::{Node, ServerError};
+use crate::{ListenerConfig, Node, ServerError, ServiceKind};
 
 /// A bound listener, ready to serve.
 pub struct Serving {
     listener: TcpListener,
+    /// The listener's configuration.
+    pub config: ListenerConfig,
     /// The address actually bound (useful with port 0).
     pub local_addr: SocketAddr,
 }
 
 impl Serving {
-    /// Binds `addr`.
-    pub async fn bind(addr: &str) -> Result<Serving, ServerError> {
-        let listener = TcpListener::bind(addr).await.map_err(|e| {
-            ServerError::FailedPrecondition(format!("cannot listen on {addr}: {e}"))
+    /// Binds a listener.
+    pub async fn bind(config: ListenerConfig) -> Result<Serving, ServerError> {
+        let addr = config.addr.clone();
+        let listener = TcpListener::bind(&addr).await.map_err(|e| {
+            ServerError::FailedPrecondition(format!(
+                "listener {}: cannot listen on {addr}: {e}",
+                config.name
+            ))
         })?;
         let local_addr = listener
             .local_addr()
             .map_err(|e| ServerError::Internal(format!("local address of {addr}: {e}")))?;
         Ok(Serving {
             listener,
+            config,
             local_addr,
         })
     }
 }
 
-/// Serves every service of `node` on `bound` until `shutdown` resolves, then
-/// drains in-flight calls.
-pub async fn serve(
-    node: Node,
-    bound: Serving,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), ServerError> {
+async fn routes(node: &Node, services: &[ServiceKind]) -> Result<RoutesBuilder, ServerError> {
     let max = node.limits().max_message_bytes;
-    let ingest = IngestServiceServer::new(IngestApi::new(node.clone()))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
-    let archive = ArchiveServiceServer::new(ArchiveApi::new(node.clone()))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
-
-    let retention = RetentionApi::new(node.clone());
-    let policies = PolicyServiceServer::new(retention.clone());
-    let holds = HoldServiceServer::new(retention.clone());
-    let sweeps = RetentionServiceServer::new(retention);
-
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_serving::<IngestServiceServer<IngestApi>>()
-        .await;
-    reporter
-        .set_serving::<ArchiveServiceServer<ArchiveApi>>()
-        .await;
-
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(custody_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
-    let reflection_v1 = reflection
-        .build_v1()
-        .map_err(|e| ServerError::Internal(format!("reflection: {e}")))?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+    let mut reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(custody_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| ServerError::Internal(format!("reflection: {e}")))?;
+        .with_service_name("grpc.health.v1.Health");
+    let mut reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(custody_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name("grpc.health.v1.Health");
+    let mut routes = RoutesBuilder::default();
+    let retention = RetentionApi::new(node.clone());
+    for s in services {
+        reflection = reflection.with_service_name(s.grpc_name());
+        reflection_alpha = reflection_alpha.with_service_name(s.grpc_name());
+        match s {
+            ServiceKind::Ingest => {
+                routes.add_service(
+                    IngestServiceServer::new(IngestApi::new(node.clone()))
+                        .max_decoding_message_size(max)
+                        .max_encoding_message_size(max),
+                );
+                reporter
+                    .set_serving::<IngestServiceServer<IngestApi>>()
+                    .await;
+            }
+            ServiceKind::Archive => {
+                routes.add_service(
+                    ArchiveServiceServer::new(ArchiveApi::new(node.clone()))
+                        .max_decoding_message_size(max)
+                        .max_encoding_message_size(max),
+                );
+                reporter
+                    .set_serving::<ArchiveServiceServer<ArchiveApi>>()
+                    .await;
+            }
+            ServiceKind::Policy => {
+                routes.add_service(PolicyServiceServer::new(retention.clone()));
+                reporter
+                    .set_serving::<PolicyServiceServer<RetentionApi>>()
+                    .await;
+            }
+            ServiceKind::Hold => {
+                routes.add_service(HoldServiceServer::new(retention.clone()));
+                reporter
+                    .set_serving::<HoldServiceServer<RetentionApi>>()
+                    .await;
+            }
+            ServiceKind::Retention => {
+                routes.add_service(RetentionServiceServer::new(retention.clone()));
+                reporter
+                    .set_serving::<RetentionServiceServer<RetentionApi>>()
+                    .await;
+            }
+        }
+    }
+    let reflection_err = |e| ServerError::Internal(format!("reflection: {e}"));
+    routes.add_service(health);
+    routes.add_service(reflection.build_v1().map_err(reflection_err)?);
+    routes.add_service(reflection_alpha.build_v1alpha().map_err(reflection_err)?);
+    Ok(routes)
+}
 
-    info!(addr = %bound.local_addr, "serving gRPC");
-    tonic::transport::Server::builder()
-        .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(ingest)
-        .add_service(archive)
-        .add_service(policies)
-        .add_service(holds)
-        .add_service(sweeps)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(bound.listener), shutdown)
-        .await
-        .map_err(|e| ServerError::Unavailable(format!("gRPC server: {e}")))
+/// Serves `node` on every bound listener until `shutdown` resolves, then
+/// drains in-flight calls on all of them.
+pub async fn serve(
+    node: Node,
+    bound: Vec<Serving>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for b in bound {
+        let routes = routes(&node, &b.config.services).await?;
+        let mut stop = stop_rx.clone();
+        info!(listener = b.config.name, addr = %b.local_addr, services = ?b.config.services, "serving gRPC");
+        let name = b.config.name.clone();
+        tasks.push(tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_routes(routes.routes())
+                .serve_with_incoming_shutdown(TcpListenerStream::new(b.listener), async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+                .map_err(|e| ServerError::Unavailable(format!("listener {name}: {e}")))
+        }));
+    }
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        t.await
+            .map_err(|e| ServerError::Internal(format!("listener task: {e}")))??;
+    }
+    Ok(())
 }

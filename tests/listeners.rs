@@ -1,0 +1,219 @@
+//! Listeners per network segment: a service not listed on a listener does not
+//! exist there (UNIMPLEMENTED), reflection lists only what it serves, and
+//! plaintext on a non-loopback address is refused at start-up.
+
+mod testkit;
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use custody_proto::v1 as pb;
+use futures::StreamExt;
+use tonic::Code;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts custodyd and returns the address of each listener by name.
+fn start(
+    config: &std::path::Path,
+    data_dir: &std::path::Path,
+    n: usize,
+) -> (Daemon, BTreeMap<String, String>) {
+    let mut child = Command::new(testkit::CUSTODYD)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut addrs = BTreeMap::new();
+    for _ in 0..n {
+        let line = lines.next().expect("banner").unwrap();
+        let mut words = line
+            .strip_prefix("custodyd listening on ")
+            .expect("banner")
+            .split_whitespace();
+        let addr = words.next().unwrap().to_string();
+        let name = words
+            .next()
+            .unwrap()
+            .strip_prefix("name=")
+            .unwrap()
+            .to_string();
+        addrs.insert(name, format!("http://{addr}"));
+    }
+    (Daemon(child), addrs)
+}
+
+async fn reflected(addr: &str) -> HashSet<String> {
+    let channel = tonic::transport::Endpoint::from_shared(addr.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = c
+        .server_reflection_info(futures::stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    match resp.next().await.unwrap().unwrap().message_response {
+        Some(MessageResponse::ListServicesResponse(l)) => {
+            l.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_listener_exposes_only_its_services() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("custodyd.toml");
+    std::fs::write(
+        &cfg,
+        "[[listeners]]\nname = \"cameras\"\naddr = \"127.0.0.1:0\"\nservices = [\"ingest\"]\n\n\
+         [[listeners]]\nname = \"operators\"\naddr = \"127.0.0.1:0\"\nservices = [\"archive\", \"hold\"]\n",
+    )
+    .unwrap();
+    let (_d, addrs) = start(&cfg, &tmp.path().join("data"), 2);
+    let cameras = &addrs["cameras"];
+    let operators = &addrs["operators"];
+
+    // Ingest exists on the camera network only.
+    let mut ingest_cam = pb::ingest_service_client::IngestServiceClient::connect(cameras.clone())
+        .await
+        .unwrap();
+    let e = ingest_cam
+        .put_segment(futures::stream::iter(Vec::<pb::PutSegmentRequest>::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::InvalidArgument,
+        "ingest is served on cameras: {e:?}"
+    );
+    let mut ingest_ops = pb::ingest_service_client::IngestServiceClient::connect(operators.clone())
+        .await
+        .unwrap();
+    let e = ingest_ops
+        .put_segment(futures::stream::iter(Vec::<pb::PutSegmentRequest>::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+
+    // Archive and holds exist on the operator network only.
+    let mut arch_ops = pb::archive_service_client::ArchiveServiceClient::connect(operators.clone())
+        .await
+        .unwrap();
+    arch_ops
+        .list_cameras(pb::ListCamerasRequest {})
+        .await
+        .unwrap();
+    let mut arch_cam = pb::archive_service_client::ArchiveServiceClient::connect(cameras.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        arch_cam
+            .list_cameras(pb::ListCamerasRequest {})
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unimplemented
+    );
+    let mut holds_cam = pb::hold_service_client::HoldServiceClient::connect(cameras.clone())
+        .await
+        .unwrap();
+    let e = holds_cam
+        .list_holds(pb::ListHoldsRequest {
+            include_released: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unimplemented);
+    let mut policy_ops = pb::policy_service_client::PolicyServiceClient::connect(operators.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        policy_ops
+            .list_policies(pb::ListPoliciesRequest {})
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unimplemented
+    );
+
+    // Reflection on each listener lists only what it serves.
+    let on_cameras = reflected(cameras).await;
+    assert!(
+        on_cameras.contains("custody.v1.IngestService"),
+        "{on_cameras:?}"
+    );
+    for absent in [
+        "custody.v1.ArchiveService",
+        "custody.v1.HoldService",
+        "custody.v1.PolicyService",
+        "custody.v1.RetentionService",
+    ] {
+        assert!(
+            !on_cameras.contains(absent),
+            "{absent} listed on cameras: {on_cameras:?}"
+        );
+    }
+    let on_ops = reflected(operators).await;
+    assert!(
+        on_ops.contains("custody.v1.ArchiveService") && on_ops.contains("custody.v1.HoldService"),
+        "{on_ops:?}"
+    );
+    assert!(!on_ops.contains("custody.v1.IngestService"), "{on_ops:?}");
+}
+
+#[test]
+fn plaintext_on_a_non_loopback_address_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("custodyd.toml");
+    std::fs::write(
+        &cfg,
+        "[[listeners]]\nname = \"cameras\"\naddr = \"0.0.0.0:0\"\nservices = [\"ingest\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(testkit::CUSTODYD)
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "--data-dir",
+            tmp.path().join("data").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("plaintext is allowed only on loopback"),
+        "{err}"
+    );
+    assert!(
+        !tmp.path().join("data/catalog").exists(),
+        "refused config must not touch the data dir"
+    );
+}
