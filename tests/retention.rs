@@ -145,13 +145,19 @@ async fn unheld_footage_expires_held_footage_survives_until_release() {
         ]);
     }
     // Deletions are on record in the store.
-    let records: Vec<u8> = files_under(&data_dir.join("objects/deletions")).iter().flat_map(|p| std::fs::read(p).unwrap()).collect();
+    let records: Vec<u8> = files_under(&data_dir.join("objects/deletions"))
+        .iter()
+        .flat_map(|p| std::fs::read(p).unwrap())
+        .collect();
     let records = String::from_utf8_lossy(&records);
     for id in &ids[..2] {
         assert!(records.contains(id.as_str()), "no deletion record for {id}");
     }
     for id in &ids[2..] {
-        assert!(!records.contains(id.as_str()), "deletion record for held {id}");
+        assert!(
+            !records.contains(id.as_str()),
+            "deletion record for held {id}"
+        );
     }
 
     // Release: a separate record with its own principal; then the footage goes.
