@@ -275,10 +275,12 @@ impl Catalog {
 
     /// The segment with this id.
     pub fn get(&self, id: &SegmentId) -> Result<Option<SegmentRecord>, CatalogError> {
-        let Some(key) = self.db.get_cf(self.cf(CF_SEGMENT_IDS), id.as_bytes())? else {
+        // Both reads from one snapshot: a concurrent delete is seen whole or not at all.
+        let snap = self.db.snapshot();
+        let Some(key) = snap.get_cf(self.cf(CF_SEGMENT_IDS), id.as_bytes())? else {
             return Ok(None);
         };
-        match self.db.get_cf(self.cf(CF_SEGMENTS), &key)? {
+        match snap.get_cf(self.cf(CF_SEGMENTS), &key)? {
             Some(v) => decode(&key, &v).map(Some),
             None => Err(CatalogError::Corrupt {
                 key: hex_of(&key),

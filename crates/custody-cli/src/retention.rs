@@ -163,7 +163,7 @@ pub enum HoldCommand {
 }
 
 fn policy_json(v: &pb::PolicyVersion) -> Value {
-    let p = v.policy.clone().unwrap_or_default();
+    let p = v.policy.unwrap_or_default();
     json!({
         "scope": scope_name(v.scope.as_ref()),
         "version": v.version,
@@ -185,7 +185,7 @@ fn scope_name(s: Option<&pb::PolicyScope>) -> String {
 }
 
 fn policy_line(v: &pb::PolicyVersion) -> String {
-    let p = v.policy.clone().unwrap_or_default();
+    let p = v.policy.unwrap_or_default();
     format!(
         "{:<24} v{:<3} retain {}{}{}{}  set by {} at {}",
         scope_name(v.scope.as_ref()),

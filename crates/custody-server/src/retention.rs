@@ -148,10 +148,6 @@ pub struct SweepReport {
     pub stopped_by_fence: bool,
 }
 
-fn record_key(prefix: &str, name: &str) -> ObjectPath {
-    ObjectPath::from_iter([prefix, name])
-}
-
 fn principal_or_default(p: &str) -> String {
     if p.trim().is_empty() {
         "unauthenticated@loopback".to_string()
@@ -279,10 +275,20 @@ impl Node {
         kind: &str,
         value: &T,
     ) -> Result<String, ServerError> {
+        self.put_record_at(&[prefix, name], kind, value).await
+    }
+
+    /// As `put_record`, with the key given as its path parts.
+    async fn put_record_at<T: Serialize>(
+        &self,
+        parts: &[&str],
+        kind: &str,
+        value: &T,
+    ) -> Result<String, ServerError> {
         let payload =
             serde_json::to_vec(value).map_err(|e| ServerError::Internal(e.to_string()))?;
         let sealed = seal_record(self.keyring.active(), kind, &payload)?;
-        let key = record_key(prefix, name);
+        let key = ObjectPath::from_iter(parts.iter().copied());
         match self
             .store
             .put_create_only(&key, Bytes::from(sealed.clone()))
@@ -722,10 +728,7 @@ impl Node {
             self.catalog.delete_segments(&ids)?;
             drop(view);
             if !deleted.is_empty() {
-                let day = now.to_datetime().format("%Y-%m-%d").to_string();
-                let name = format!("{day}/{:020}-{}.rec", now.as_nanos(), deleted[0].segment_id);
-                self.put_record(DELETIONS, &name, "deletion", &deleted)
-                    .await?;
+                self.record_deletions(now, &deleted).await?;
                 info!(deleted = deleted.len(), "expired segments deleted");
             }
             report.deleted.extend(deleted);
@@ -734,6 +737,30 @@ impl Node {
             }
         }
         Ok(report)
+    }
+
+    /// Writes the deletion record of one sweep batch under a fresh name
+    /// (`deletions/DAY/NANOS-RANDOM.rec`), retrying a name collision.
+    async fn record_deletions(
+        &self,
+        now: Timestamp,
+        deleted: &[Deletion],
+    ) -> Result<(), ServerError> {
+        let day = now.to_datetime().format("%Y-%m-%d").to_string();
+        let mut last = None;
+        for _ in 0..3 {
+            let mut suffix = [0u8; 8];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut suffix);
+            let name = format!("{:020}-{}.rec", now.as_nanos(), hex::encode(suffix));
+            match self
+                .put_record_at(&[DELETIONS, &day, &name], "deletion", &deleted)
+                .await
+            {
+                Err(e @ ServerError::AlreadyExists(_)) => last = Some(e),
+                other => return other.map(|_| ()),
+            }
+        }
+        Err(last.unwrap_or_else(|| ServerError::Internal("deletion record not written".into())))
     }
 
     /// Deletes objects, `DELETE_CONCURRENCY` at a time, in order of `keys`.
