@@ -11,15 +11,9 @@ use std::time::Duration;
 use custody_core::Timestamp;
 use custody_proto::v1 as pb;
 use custody_proto::v1::put_segment_request::Part;
-use futures::StreamExt;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
-use testkit::{files_under, Server};
-
-fn ts(t: Timestamp) -> prost_types::Timestamp {
-    let (seconds, nanos) = t.to_parts();
-    prost_types::Timestamp { seconds, nanos }
-}
+use testkit::{files_under, read_all, ts, Server};
 
 fn payload(i: u64, rng: &mut rand::rngs::StdRng) -> Vec<u8> {
     let len = rng.gen_range(1_000..3_000_000);
@@ -66,24 +60,6 @@ async fn upload(
         .put_segment(futures::stream::iter(msgs))
         .await
         .map(|r| r.into_inner())
-}
-
-async fn read_all(server: &Server, id: &str) -> Result<Vec<u8>, tonic::Status> {
-    let mut s = server
-        .archive()
-        .await
-        .read_segment(pb::ReadSegmentRequest {
-            segment_id: id.into(),
-            offset: 0,
-            length: 0,
-        })
-        .await?
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(m) = s.next().await {
-        out.extend(m?.data);
-    }
-    Ok(out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,13 +11,10 @@ use custody_proto::v1 as pb;
 use custody_proto::v1::put_segment_request::Part;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use testkit::{ffmpeg_segments, ffprobe_duration, files_under, stored_objects, Server};
+use testkit::{
+    ffmpeg_segments, ffprobe_duration, files_under, read_all, stored_objects, ts, Server,
+};
 use tonic::Code;
-
-fn ts(t: Timestamp) -> prost_types::Timestamp {
-    let (seconds, nanos) = t.to_parts();
-    prost_types::Timestamp { seconds, nanos }
-}
 
 fn t0() -> Timestamp {
     Timestamp::parse_rfc3339("2026-11-24T10:00:00Z").unwrap()
@@ -81,24 +78,6 @@ async fn put_bytes(
     msgs.extend(data.chunks(100_000).map(chunk));
     msgs.push(finish(Some(Sha256::digest(data).into())));
     put(server, msgs).await
-}
-
-async fn read_all(server: &Server, id: &str) -> Result<Vec<u8>, tonic::Status> {
-    let mut s = server
-        .archive()
-        .await
-        .read_segment(pb::ReadSegmentRequest {
-            segment_id: id.into(),
-            offset: 0,
-            length: 0,
-        })
-        .await?
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(m) = s.next().await {
-        out.extend(m?.data);
-    }
-    Ok(out)
 }
 
 /// 32-byte aligned blocks of `input` that appear anywhere in `haystack`.

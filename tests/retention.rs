@@ -10,16 +10,11 @@ use custody_core::{Clock, SystemClock, Timestamp};
 use custody_proto::v1 as pb;
 use custody_proto::v1::hold_service_client::HoldServiceClient;
 use custody_proto::v1::policy_service_client::PolicyServiceClient;
-use testkit::{files_under, stored_objects, Server};
+use testkit::{files_under, stored_objects, ts, Server};
 use tonic::Code;
 
 fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("bad json {s:?}: {e}"))
-}
-
-fn ts(t: Timestamp) -> prost_types::Timestamp {
-    let (seconds, nanos) = t.to_parts();
-    prost_types::Timestamp { seconds, nanos }
 }
 
 fn config(dir: &std::path::Path) -> std::path::PathBuf {

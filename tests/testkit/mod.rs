@@ -219,6 +219,28 @@ pub fn stored_objects(data_dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-pub fn rfc3339(t: custody_core::Timestamp) -> String {
-    t.to_string()
+/// A domain instant as a wire timestamp.
+pub fn ts(t: custody_core::Timestamp) -> prost_types::Timestamp {
+    let (seconds, nanos) = t.to_parts();
+    prost_types::Timestamp { seconds, nanos }
+}
+
+/// Reads a whole segment over gRPC.
+pub async fn read_all(server: &Server, id: &str) -> Result<Vec<u8>, tonic::Status> {
+    use futures::StreamExt;
+    let mut s = server
+        .archive()
+        .await
+        .read_segment(custody_proto::v1::ReadSegmentRequest {
+            segment_id: id.into(),
+            offset: 0,
+            length: 0,
+        })
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = s.next().await {
+        out.extend(m?.data);
+    }
+    Ok(out)
 }
