@@ -24,7 +24,7 @@ fn payload(i: u64, rng: &mut rand::rngs::StdRng) -> Vec<u8> {
 }
 
 fn start_of(i: u64) -> Timestamp {
-    Timestamp::parse_rfc3339("2026-11-24T00:00:00Z")
+    Timestamp::parse_rfc3339("2026-01-01T00:00:00Z")
         .unwrap()
         .saturating_add_nanos(i as i64 * 6_000_000_000)
 }

@@ -17,7 +17,7 @@ use testkit::{
 use tonic::Code;
 
 fn t0() -> Timestamp {
-    Timestamp::parse_rfc3339("2026-11-24T10:00:00Z").unwrap()
+    Timestamp::parse_rfc3339("2026-01-01T10:00:00Z").unwrap()
 }
 
 fn secs(s: i64) -> Timestamp {
@@ -291,6 +291,16 @@ async fn bad_input_gets_precise_status_and_changes_nothing() {
             vec![chunk(&data), finish(None)],
             Code::InvalidArgument,
             "header",
+        ),
+        (
+            "from the future",
+            vec![
+                header("cam-1", secs(400 * 86400), secs(400 * 86400 + 6)),
+                chunk(&data),
+                finish(Some(sha)),
+            ],
+            Code::InvalidArgument,
+            "max_clock_skew_secs",
         ),
         (
             "short digest",

@@ -90,7 +90,7 @@ async fn node_on_s3_ingests_reads_rebuilds_and_holds() {
     let server = Server::start(&data_dir, Some(&cfg));
 
     // A multi-part sized segment (12 MB) and a small one.
-    let t0 = Timestamp::parse_rfc3339("2026-11-24T10:00:00Z").unwrap();
+    let t0 = Timestamp::parse_rfc3339("2026-01-01T10:00:00Z").unwrap();
     let big: Vec<u8> = (0..12_000_000u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();

@@ -22,6 +22,9 @@ pub struct Limits {
     pub default_page_size: u32,
     /// Largest gRPC message accepted, in bytes (bounds one upload chunk).
     pub max_message_bytes: usize,
+    /// How far in the future (by the server's clock) a segment may end, in
+    /// seconds: footage from a camera with a wrong clock is refused.
+    pub max_clock_skew_secs: u64,
 }
 
 impl Default for Limits {
@@ -34,6 +37,7 @@ impl Default for Limits {
             max_page_size: 1000,
             default_page_size: 100,
             max_message_bytes: 4 * 1024 * 1024,
+            max_clock_skew_secs: 300,
         }
     }
 }

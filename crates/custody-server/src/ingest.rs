@@ -69,6 +69,15 @@ impl Node {
             self.limits.max_segment_duration(),
             "limits.max_segment_duration_secs",
         )?;
+        let now = self.clock.now();
+        let skew = std::time::Duration::from_secs(self.limits.max_clock_skew_secs);
+        if h.range.end() > now.saturating_add(skew) {
+            return Err(ServerError::Invalid(format!(
+                "segment ends at {}, more than limits.max_clock_skew_secs = {} s after the server's clock ({now})",
+                h.range.end(),
+                self.limits.max_clock_skew_secs
+            )));
+        }
         if let Some(size) = h.size {
             if size > self.limits.max_segment_bytes {
                 return Err(ServerError::Invalid(format!(

@@ -645,10 +645,14 @@ async fn run_case(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 m.next_sequence += 1;
                 let payload = format!("seg {sequence} of {}", CAMS[*c]).into_bytes();
                 let res = ingest(&node, *c, range, sequence, &payload).await;
-                if *dur_secs > 600 {
+                // limits.max_clock_skew_secs (default 300): no footage ending
+                // more than 5 minutes after the server's clock.
+                let from_future = range.end().as_nanos() > m.now_ns + 300 * NS;
+                if *dur_secs > 600 || from_future {
                     prop_assert!(
                         matches!(res, Err(ServerError::Invalid(_))),
-                        "step {n}: a {dur_secs} s segment must be refused as invalid, got {res:?}"
+                        "step {n}: a {dur_secs} s segment ending {} must be refused as invalid, got {res:?}",
+                        range.end()
                     );
                 } else {
                     let receipt =
