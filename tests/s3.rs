@@ -76,12 +76,12 @@ fn start_s3(bucket: &str) -> (S3Server, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_on_s3_ingests_reads_rebuilds_and_holds() {
-    let (_s3, endpoint) = start_s3("custody-test");
+    let (s3, endpoint) = start_s3("custody-test");
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("custodyd.toml");
     std::fs::write(
         &cfg,
-        format!("[store]\nurl = \"s3://custody-test/city\"\ns3_endpoint = \"{endpoint}\"\ns3_region = \"us-east-1\"\ns3_allow_http = true\n"),
+        format!("[store]\nurl = \"s3://custody-test/city\"\ns3_endpoint = \"{endpoint}\"\ns3_region = \"us-east-1\"\ns3_allow_http = true\n[retention]\npolicy_grace_secs = 0\nsweeper_enabled = false\n"),
     )
     .unwrap();
     std::env::set_var("AWS_ACCESS_KEY_ID", "test");
@@ -171,5 +171,36 @@ async fn node_on_s3_ingests_reads_rebuilds_and_holds() {
         holds.as_array().unwrap().len(),
         1,
         "hold not restored from the bucket"
+    );
+
+    // Release the hold and let the footage expire; with the bucket unreachable
+    // the sweeper refuses to work from a view of the holds it cannot refresh.
+    let hold_id = holds[0]["hold_id"].as_str().unwrap().to_string();
+    server.custody_ok(&["hold", "release", &hold_id, "--reason", "done"]);
+    server.custody_ok(&["policy", "set", "--retain-for", "1s"]);
+    let dry = json(&server.custody_ok(&["--json", "sweep", "--dry-run"]));
+    assert_eq!(dry["deleted"].as_array().unwrap().len(), 2, "{dry}");
+    drop(s3);
+    let out = server.custody(&["sweep"]);
+    assert!(
+        !out.status.success(),
+        "sweep succeeded with the bucket down"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("object store"), "{err}");
+    let to = t0.saturating_add_nanos(60_000_000_000).to_string();
+    let listed = json(&server.custody_ok(&[
+        "--json",
+        "ls",
+        "cam-s3",
+        "--from",
+        &t0.to_string(),
+        "--to",
+        &to,
+    ]));
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        2,
+        "nothing may be deleted while the store is unreadable"
     );
 }

@@ -89,7 +89,14 @@ impl Store {
             if !config.s3_region.is_empty() {
                 b = b.with_region(&config.s3_region);
             }
-            b = b.with_allow_http(config.s3_allow_http);
+            b = b
+                .with_allow_http(config.s3_allow_http)
+                .with_retry(object_store::RetryConfig {
+                    backoff: object_store::BackoffConfig::default(),
+                    max_retries: 4,
+                    // A caller (an upload, a sweep) learns of an outage within seconds.
+                    retry_timeout: std::time::Duration::from_secs(15),
+                });
             let s3 = b
                 .build()
                 .map_err(|e| StoreError::Config(format!("{url}: {e}")))?;
