@@ -37,6 +37,7 @@ impl ArchiveApi {
 
 #[tonic::async_trait]
 impl pb::archive_service_server::ArchiveService for ArchiveApi {
+    #[tracing::instrument(skip_all)]
     async fn list_cameras(
         &self,
         _request: Request<pb::ListCamerasRequest>,
@@ -58,6 +59,7 @@ impl pb::archive_service_server::ArchiveService for ArchiveApi {
         Ok(Response::new(pb::ListCamerasResponse { cameras }))
     }
 
+    #[tracing::instrument(skip_all, fields(peer = ?request.remote_addr()))]
     async fn list_segments(
         &self,
         request: Request<pb::ListSegmentsRequest>,
@@ -100,6 +102,7 @@ impl pb::archive_service_server::ArchiveService for ArchiveApi {
 
     type ReadSegmentStream = BoxStream<pb::ReadSegmentResponse>;
 
+    #[tracing::instrument(skip_all, fields(peer = ?request.remote_addr()))]
     async fn read_segment(
         &self,
         request: Request<pb::ReadSegmentRequest>,
@@ -141,6 +144,7 @@ impl pb::archive_service_server::ArchiveService for ArchiveApi {
 
     type ExportClipStream = BoxStream<pb::ExportClipResponse>;
 
+    #[tracing::instrument(skip_all, fields(peer = ?request.remote_addr()))]
     async fn export_clip(
         &self,
         request: Request<pb::ExportClipRequest>,

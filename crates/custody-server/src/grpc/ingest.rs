@@ -36,6 +36,7 @@ fn header(h: pb::SegmentHeader) -> Result<IngestHeader, ServerError> {
 
 #[tonic::async_trait]
 impl pb::ingest_service_server::IngestService for IngestApi {
+    #[tracing::instrument(skip_all, fields(peer = ?request.remote_addr()))]
     async fn put_segment(
         &self,
         request: Request<Streaming<pb::PutSegmentRequest>>,

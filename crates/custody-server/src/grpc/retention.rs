@@ -121,6 +121,7 @@ fn hold_id(s: &str) -> Result<HoldId, ServerError> {
 
 #[tonic::async_trait]
 impl pb::policy_service_server::PolicyService for RetentionApi {
+    #[tracing::instrument(skip_all, fields(peer = ?request.remote_addr()))]
     async fn set_policy(
         &self,
         request: Request<pb::SetPolicyRequest>,
@@ -145,6 +146,7 @@ impl pb::policy_service_server::PolicyService for RetentionApi {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(peer = ?request.remote_addr()))]
     async fn get_policy(
         &self,
         request: Request<pb::GetPolicyRequest>,
@@ -158,6 +160,7 @@ impl pb::policy_service_server::PolicyService for RetentionApi {
         Ok(Response::new(version_to(&v)))
     }
 
+    #[tracing::instrument(skip_all)]
     async fn list_policies(
         &self,
         _request: Request<pb::ListPoliciesRequest>,
@@ -167,6 +170,7 @@ impl pb::policy_service_server::PolicyService for RetentionApi {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(peer = ?request.remote_addr()))]
     async fn resolve_policy(
         &self,
         request: Request<pb::ResolvePolicyRequest>,
@@ -183,6 +187,7 @@ impl pb::policy_service_server::PolicyService for RetentionApi {
 
 #[tonic::async_trait]
 impl pb::hold_service_server::HoldService for RetentionApi {
+    #[tracing::instrument(skip_all, fields(peer = ?request.remote_addr()))]
     async fn create_hold(
         &self,
         request: Request<pb::CreateHoldRequest>,
@@ -251,6 +256,7 @@ impl pb::hold_service_server::HoldService for RetentionApi {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(peer = ?request.remote_addr()))]
     async fn release_hold(
         &self,
         request: Request<pb::ReleaseHoldRequest>,
@@ -261,6 +267,7 @@ impl pb::hold_service_server::HoldService for RetentionApi {
         Ok(Response::new(hold_to(&s)))
     }
 
+    #[tracing::instrument(skip_all, fields(peer = ?request.remote_addr()))]
     async fn get_hold(
         &self,
         request: Request<pb::GetHoldRequest>,
@@ -269,6 +276,7 @@ impl pb::hold_service_server::HoldService for RetentionApi {
         Ok(Response::new(hold_to(&self.node.hold(&id).await?)))
     }
 
+    #[tracing::instrument(skip_all, fields(peer = ?request.remote_addr()))]
     async fn list_holds(
         &self,
         request: Request<pb::ListHoldsRequest>,
@@ -282,6 +290,7 @@ impl pb::hold_service_server::HoldService for RetentionApi {
 
 #[tonic::async_trait]
 impl pb::retention_service_server::RetentionService for RetentionApi {
+    #[tracing::instrument(skip_all, fields(peer = ?request.remote_addr()))]
     async fn sweep(
         &self,
         request: Request<pb::SweepRequest>,
