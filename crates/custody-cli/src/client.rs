@@ -41,7 +41,7 @@ pub struct Upload {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The server refused or failed the call.
-    #[error("{}: {}", .0.code(), .0.message())]
+    #[error("{:?}: {}", .0.code(), .0.message())]
     Status(#[from] Status),
     /// Local I/O failed.
     #[error("{path}: {source}")]

@@ -247,7 +247,7 @@ fn hold_line(h: &pb::HoldRecord) -> String {
 }
 
 fn status(e: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}: {}", e.code(), e.message())
+    anyhow::anyhow!("{:?}: {}", e.code(), e.message())
 }
 
 /// Runs `custody policy ...`.

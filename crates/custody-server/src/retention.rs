@@ -464,7 +464,7 @@ impl Node {
                 for c in list {
                     if !self.catalog.has_camera(c)? {
                         return Err(ServerError::NotFound(format!(
-                            "camera {c} has no footage in this archive; set future_cameras to hold footage still to come"
+                            "camera {c} has no footage in this archive; set future_cameras (custody hold create --future-cameras) to hold footage still to come"
                         )));
                     }
                 }

@@ -286,7 +286,7 @@ where
             Err(e) => {
                 drop(f);
                 let _ = tokio::fs::remove_file(&tmp).await;
-                bail!("{}: {}", e.code(), e.message());
+                bail!("{:?}: {}", e.code(), e.message());
             }
         };
         n += piece.len() as u64;
@@ -308,7 +308,7 @@ async fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     let client = Client::new(&cli.server)?;
-    let status = |e: tonic::Status| anyhow::anyhow!("{}: {}", e.code(), e.message());
+    let status = |e: tonic::Status| anyhow::anyhow!("{:?}: {}", e.code(), e.message());
     match cli.command {
         Command::Ingest(a) => ingest(&client, a, cli.json).await?,
         Command::Ls { camera: None, .. } => {
