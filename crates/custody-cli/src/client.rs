@@ -102,7 +102,9 @@ impl Client {
         let endpoint = Endpoint::from_shared(addr.to_string())
             .map_err(|_| ClientError::Address(addr.to_string()))?
             .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .initial_stream_window_size(4 * 1024 * 1024)
+            .initial_connection_window_size(16 * 1024 * 1024);
         Ok(Client {
             channel: endpoint.connect_lazy(),
         })

@@ -17,6 +17,11 @@ use tracing::info;
 use super::{ArchiveApi, IngestApi, RetentionApi};
 use crate::{ListenerConfig, Node, ServerError, ServiceKind};
 
+/// HTTP/2 flow-control window per stream.
+const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+/// HTTP/2 flow-control window per connection.
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
 /// A bound listener, ready to serve.
 pub struct Serving {
     listener: TcpListener,
@@ -127,6 +132,11 @@ pub async fn serve(
         let name = b.config.name.clone();
         tasks.push(tokio::spawn(async move {
             tonic::transport::Server::builder()
+                // Segments are megabytes: default 64 KiB HTTP/2 windows would
+                // stall every upload on flow control.
+                .initial_stream_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW)
+                .tcp_nodelay(true)
                 .add_routes(routes.routes())
                 .serve_with_incoming_shutdown(TcpListenerStream::new(b.listener), async move {
                     let _ = stop.wait_for(|s| *s).await;
