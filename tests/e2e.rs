@@ -745,3 +745,37 @@ async fn watch_follows_ffmpeg_segment_list_through_server_downtime() {
     assert_eq!(json(&again)["duplicates"], n);
     assert_eq!(stored_objects(&data_dir).len(), n);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_store_directory_is_not_recreated_under_a_full_catalog() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let mut server = Server::start(&data_dir, None);
+    put_bytes(&server, "cam-1", secs(0), secs(6), b"footage")
+        .await
+        .unwrap();
+    server.kill9();
+    // The disk holding the objects is "unmounted".
+    std::fs::rename(data_dir.join("objects"), tmp.path().join("unmounted")).unwrap();
+    let out = Command::new(testkit::CUSTODYD)
+        .args([
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is the disk mounted"), "{err}");
+    assert!(
+        !data_dir.join("objects").exists(),
+        "an empty store directory was created"
+    );
+    // Mounted again, everything is there.
+    std::fs::rename(tmp.path().join("unmounted"), data_dir.join("objects")).unwrap();
+    let server = Server::start(&data_dir, None);
+    let cams = json(&server.custody_ok(&["--json", "ls"]));
+    assert_eq!(cams[0]["segments"], 1);
+}

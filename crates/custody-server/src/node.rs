@@ -71,8 +71,25 @@ impl Node {
             ServerError::FailedPrecondition(format!("data dir {}: {e}", config.data_dir.display()))
         })?;
         let keyring = load_keyring(config)?;
-        let store = Store::open(&config.store, &config.data_dir).await?;
         let catalog = Catalog::open(&config.catalog_dir())?;
+        // A local store directory that vanished (an unmounted disk) must not
+        // be recreated empty under a catalog that still indexes footage.
+        let local_root = match config.store.url.as_str() {
+            "" => Some(config.data_dir.join("objects")),
+            url => url.strip_prefix("file://").map(std::path::PathBuf::from),
+        };
+        if let Some(root) = local_root {
+            let indexed = catalog.cameras()?.iter().map(|c| c.segments).sum::<u64>();
+            if indexed > 0 && !root.exists() {
+                return Err(ServerError::FailedPrecondition(format!(
+                    "store directory {} is missing but the catalog indexes {indexed} segments: is the disk mounted? \
+                     (to start over, remove {} too)",
+                    root.display(),
+                    config.catalog_dir().display()
+                )));
+            }
+        }
+        let store = Store::open(&config.store, &config.data_dir).await?;
         if config.chunk_size == 0 || config.chunk_size > custody_crypto::MAX_CHUNK_SIZE {
             return Err(ServerError::FailedPrecondition(format!(
                 "chunk_size {} is outside 1..={}",
