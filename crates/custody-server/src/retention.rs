@@ -80,6 +80,11 @@ impl Retention {
         }
     }
 
+    /// The policy book, for reading.
+    fn book(&self) -> std::sync::RwLockReadGuard<'_, PolicyBook> {
+        self.book.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn view_is_fresh(&self) -> bool {
         lock(&self.fresh_since).is_some_and(|t| t.elapsed() < self.config.hold_fence())
     }
@@ -309,11 +314,7 @@ impl Node {
 
     /// The expiry of a segment under the current policies (`None`: no policy applies).
     pub(crate) fn expiry_of(&self, camera: &CameraId, end: Timestamp) -> Option<Timestamp> {
-        let book = self
-            .retention
-            .book
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let book = self.retention.book();
         book.expiry(camera, end, self.retention.config.policy_grace())
             .map(|e| e.at)
     }
@@ -323,11 +324,7 @@ impl Node {
         &self,
         mut rec: SegmentRecord,
     ) -> Result<SegmentRecord, ServerError> {
-        let book = self
-            .retention
-            .book
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let book = self.retention.book();
         rec.expires_at = book
             .expiry(
                 &rec.camera,
@@ -366,11 +363,7 @@ impl Node {
         let _serial = self.retention.policy_lock.lock().await;
         let now = self.clock.now();
         let (new, effect) = {
-            let book = self
-                .retention
-                .book
-                .read()
-                .unwrap_or_else(|p| p.into_inner());
+            let book = self.retention.book();
             let version = book.current(&scope.key()).map_or(1, |v| v.version + 1);
             let effective_at = match book.latest_effective_at() {
                 Some(latest) if latest >= now => latest.saturating_add_nanos(1),
@@ -416,31 +409,19 @@ impl Node {
 
     /// The current version of a scope's policy.
     pub fn policy(&self, scope: &ScopeKey) -> Option<PolicyVersion> {
-        let book = self
-            .retention
-            .book
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let book = self.retention.book();
         book.current(scope).cloned()
     }
 
     /// Every scope's current policy.
     pub fn policies(&self) -> Vec<PolicyVersion> {
-        let book = self
-            .retention
-            .book
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let book = self.retention.book();
         book.current_versions().cloned().collect()
     }
 
     /// The policy in force for a camera.
     pub fn resolve_policy(&self, camera: &CameraId) -> Option<PolicyVersion> {
-        let book = self
-            .retention
-            .book
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let book = self.retention.book();
         book.resolve(camera).cloned()
     }
 
@@ -659,11 +640,7 @@ impl Node {
                     continue;
                 };
                 let expiry = {
-                    let book = self
-                        .retention
-                        .book
-                        .read()
-                        .unwrap_or_else(|p| p.into_inner());
+                    let book = self.retention.book();
                     book.expiry(&rec.camera, rec.range.end(), grace)
                 };
                 match expiry {
