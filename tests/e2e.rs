@@ -718,29 +718,24 @@ async fn watch_follows_ffmpeg_segment_list_through_server_downtime() {
         stamp,
         "first segment starts at its file's wall-clock time"
     );
+    let watch_once = || {
+        server.custody_ok(&[
+            "--json",
+            "ingest",
+            "--watch",
+            cam_dir.to_str().unwrap(),
+            "--camera",
+            "cam-w",
+            "--once",
+        ])
+    };
     // Running again uploads nothing (state file); without the state file the
     // server answers every upload as a duplicate: nothing stored twice.
-    let again = server.custody_ok(&[
-        "--json",
-        "ingest",
-        "--watch",
-        cam_dir.to_str().unwrap(),
-        "--camera",
-        "cam-w",
-        "--once",
-    ]);
+    let again = watch_once();
     assert_eq!(json(&again)["uploaded"], 0);
     assert_eq!(json(&again)["duplicates"], 0);
     std::fs::remove_file(cam_dir.join(custody_cli::watch::STATE_FILE)).unwrap();
-    let again = server.custody_ok(&[
-        "--json",
-        "ingest",
-        "--watch",
-        cam_dir.to_str().unwrap(),
-        "--camera",
-        "cam-w",
-        "--once",
-    ]);
+    let again = watch_once();
     assert_eq!(json(&again)["uploaded"], 0);
     assert_eq!(json(&again)["duplicates"], n);
     assert_eq!(stored_objects(&data_dir).len(), n);

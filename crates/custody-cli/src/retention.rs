@@ -246,6 +246,22 @@ fn hold_line(h: &pb::HoldRecord) -> String {
     )
 }
 
+fn print_hold(h: &pb::HoldRecord, json_out: bool) {
+    if json_out {
+        println!("{}", hold_json(h));
+    } else {
+        println!("{}", hold_line(h));
+    }
+}
+
+fn print_policy(v: &pb::PolicyVersion, json_out: bool) {
+    if json_out {
+        println!("{}", policy_json(v));
+    } else {
+        println!("{}", policy_line(v));
+    }
+}
+
 fn status(e: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", e.code(), e.message())
 }
@@ -303,11 +319,7 @@ pub async fn policy(client: &Client, cmd: PolicyCommand, json_out: bool) -> Resu
                 .await
                 .map_err(status)?
                 .into_inner();
-            if json_out {
-                println!("{}", policy_json(&v))
-            } else {
-                println!("{}", policy_line(&v))
-            }
+            print_policy(&v, json_out);
         }
         PolicyCommand::Ls => {
             let r = c
@@ -332,11 +344,7 @@ pub async fn policy(client: &Client, cmd: PolicyCommand, json_out: bool) -> Resu
                 .await
                 .map_err(status)?
                 .into_inner();
-            if json_out {
-                println!("{}", policy_json(&v))
-            } else {
-                println!("{}", policy_line(&v))
-            }
+            print_policy(&v, json_out);
         }
     }
     Ok(())
@@ -420,11 +428,7 @@ pub async fn hold(client: &Client, cmd: HoldCommand, json_out: bool) -> Result<(
                 .await
                 .map_err(status)?
                 .into_inner();
-            if json_out {
-                println!("{}", hold_json(&h))
-            } else {
-                println!("{}", hold_line(&h))
-            }
+            print_hold(&h, json_out);
         }
         HoldCommand::Show { hold_id } => {
             let h = c
@@ -432,11 +436,7 @@ pub async fn hold(client: &Client, cmd: HoldCommand, json_out: bool) -> Result<(
                 .await
                 .map_err(status)?
                 .into_inner();
-            if json_out {
-                println!("{}", hold_json(&h))
-            } else {
-                println!("{}", hold_line(&h))
-            }
+            print_hold(&h, json_out);
         }
         HoldCommand::Ls { all } => {
             let r = c
