@@ -5,6 +5,7 @@
 //! services over it, and the one mapping from domain errors to gRPC statuses.
 //! Binaries (`custodyd`) live in `custody-cli`.
 
+mod caller;
 mod config;
 mod error;
 pub mod grpc;
@@ -14,6 +15,7 @@ mod read;
 mod rebuild;
 mod retention;
 
+pub use caller::{Caller, CameraScope, Role};
 pub use config::{KeysConfig, ListenerConfig, RetentionConfig, ServerConfig, ServiceKind};
 pub use error::ServerError;
 pub use ingest::{IngestHeader, IngestPart, IngestReceipt};
