@@ -4,9 +4,8 @@
 
 mod testkit;
 
-use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::collections::HashSet;
+use std::process::Command;
 
 use custody_proto::v1 as pb;
 use futures::StreamExt;
@@ -15,52 +14,6 @@ use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
-
-struct Daemon(std::process::Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts custodyd and returns the address of each listener by name.
-fn start(
-    config: &std::path::Path,
-    data_dir: &std::path::Path,
-    n: usize,
-) -> (Daemon, BTreeMap<String, String>) {
-    let mut child = Command::new(testkit::CUSTODYD)
-        .args([
-            "--config",
-            config.to_str().unwrap(),
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut addrs = BTreeMap::new();
-    for _ in 0..n {
-        let line = lines.next().expect("banner").unwrap();
-        let mut words = line
-            .strip_prefix("custodyd listening on ")
-            .expect("banner")
-            .split_whitespace();
-        let addr = words.next().unwrap().to_string();
-        let name = words
-            .next()
-            .unwrap()
-            .strip_prefix("name=")
-            .unwrap()
-            .to_string();
-        addrs.insert(name, format!("http://{addr}"));
-    }
-    (Daemon(child), addrs)
-}
 
 async fn reflected(addr: &str) -> HashSet<String> {
     let channel = tonic::transport::Endpoint::from_shared(addr.to_string())
@@ -96,7 +49,11 @@ async fn each_listener_exposes_only_its_services() {
          [[listeners]]\nname = \"operators\"\naddr = \"127.0.0.1:0\"\nservices = [\"archive\", \"hold\"]\n",
     )
     .unwrap();
-    let (_d, addrs) = start(&cfg, &tmp.path().join("data"), 2);
+    let (_d, addrs) = testkit::start_listeners(&cfg, &tmp.path().join("data"), 2);
+    let addrs: std::collections::BTreeMap<String, String> = addrs
+        .into_iter()
+        .map(|(n, a)| (n, format!("http://{a}")))
+        .collect();
     let cameras = &addrs["cameras"];
     let operators = &addrs["operators"];
 

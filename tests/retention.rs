@@ -167,8 +167,8 @@ async fn unheld_footage_expires_held_footage_survives_until_release() {
     ]);
     let shown = json(&server.custody_ok(&["--json", "hold", "show", &hold_id]));
     assert_eq!(shown["released"], true);
-    assert_eq!(shown["placed_by"], "investigator:bob");
-    assert_eq!(shown["released_by"], "supervisor:carol");
+    assert_eq!(shown["placed_by"], "local:investigator:bob");
+    assert_eq!(shown["released_by"], "local:supervisor:carol");
     let gone = eventually(Duration::from_secs(60), || {
         stored_objects(&data_dir).is_empty()
     })

@@ -244,3 +244,126 @@ pub async fn read_all(server: &Server, id: &str) -> Result<Vec<u8>, tonic::Statu
     }
     Ok(out)
 }
+
+/// A `custodyd` with several listeners, killed when dropped.
+pub struct Daemon(pub Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `custodyd --config` and returns the bound `host:port` of each of
+/// its `n` listeners by name (read from its banner lines).
+pub fn start_listeners(
+    config: &Path,
+    data_dir: &Path,
+    n: usize,
+) -> (Daemon, std::collections::BTreeMap<String, String>) {
+    start_listeners_with(Command::new(CUSTODYD), config, data_dir, n)
+}
+
+/// As [`start_listeners`], with a prepared command (e.g. `ip netns exec NS custodyd`).
+pub fn start_listeners_with(
+    mut cmd: Command,
+    config: &Path,
+    data_dir: &Path,
+    n: usize,
+) -> (Daemon, std::collections::BTreeMap<String, String>) {
+    let mut child = cmd
+        .arg("--config")
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .env_remove("CUSTODY_KEKS")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn custodyd");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut addrs = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        let line = lines
+            .next()
+            .expect("custodyd exited before its banner")
+            .expect("banner");
+        let mut words = line
+            .strip_prefix("custodyd listening on ")
+            .unwrap_or_else(|| panic!("unexpected banner {line:?}"))
+            .split_whitespace();
+        let addr = words.next().expect("address").to_string();
+        let name = words
+            .next()
+            .and_then(|w| w.strip_prefix("name="))
+            .expect("name=")
+            .to_string();
+        addrs.insert(name, addr);
+    }
+    (Daemon(child), addrs)
+}
+
+/// `custody certs init` into `dir` for a loopback server, with the given
+/// cameras and `NAME:ROLE` users.
+pub fn certs_init(dir: &Path, cameras: &[&str], users: &[&str]) {
+    let mut cmd = Command::new(CUSTODY);
+    cmd.args(["certs", "init", "--dir"]).arg(dir).args([
+        "--server-host",
+        "localhost",
+        "--server-host",
+        "127.0.0.1",
+    ]);
+    for c in cameras {
+        cmd.args(["--camera", c]);
+    }
+    for u in users {
+        cmd.args(["--user", u]);
+    }
+    let out = cmd.output().expect("run custody certs init");
+    assert!(
+        out.status.success(),
+        "custody certs init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A mutual-TLS channel to `https://{addr}` as principal `name` (its
+/// `NAME.pem`/`NAME.key` in `certs`), verifying the server as `localhost`.
+pub async fn tls_channel(addr: &str, certs: &Path, name: &str) -> Result<Channel, String> {
+    let read = |f: String| std::fs::read(certs.join(f)).expect("read certificate file");
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(read(
+            "ca.pem".to_string(),
+        )))
+        .identity(tonic::transport::Identity::from_pem(
+            read(format!("{name}.pem")),
+            read(format!("{name}.key")),
+        ))
+        .domain_name("localhost");
+    tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// Runs `custody` against `https://{addr}` as principal `name`.
+pub fn custody_tls(addr: &str, certs: &Path, name: &str, args: &[&str]) -> Output {
+    Command::new(CUSTODY)
+        .arg("--server")
+        .arg(format!("https://{addr}"))
+        .arg("--ca")
+        .arg(certs.join("ca.pem"))
+        .arg("--cert")
+        .arg(certs.join(format!("{name}.pem")))
+        .arg("--key")
+        .arg(certs.join(format!("{name}.key")))
+        .args(["--tls-server-name", "localhost"])
+        .args(args)
+        .output()
+        .expect("run custody")
+}

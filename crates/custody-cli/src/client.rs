@@ -10,7 +10,7 @@ use custody_proto::v1::ingest_service_client::IngestServiceClient;
 use custody_proto::v1::put_segment_request::Part;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
 /// Bytes per upload message.
@@ -41,7 +41,7 @@ pub struct Upload {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The server refused or failed the call.
-    #[error("{:?}: {}", .0.code(), .0.message())]
+    #[error("{}", describe(.0))]
     Status(#[from] Status),
     /// Local I/O failed.
     #[error("{path}: {source}")]
@@ -54,6 +54,9 @@ pub enum ClientError {
     /// Bad address.
     #[error("invalid server address {0}")]
     Address(String),
+    /// TLS settings are incomplete or unusable.
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 impl ClientError {
@@ -69,9 +72,25 @@ impl ClientError {
                     | Code::Cancelled
                     | Code::ResourceExhausted
             ),
-            ClientError::Io { .. } | ClientError::Address(_) => false,
+            ClientError::Io { .. } | ClientError::Address(_) | ClientError::Tls(_) => false,
         }
     }
+}
+
+/// A status as people read it: code, message and, for transport failures,
+/// the underlying cause (e.g. `Network is unreachable`).
+pub fn describe(status: &Status) -> String {
+    let mut s = format!("{:?}: {}", status.code(), status.message());
+    let mut cause = std::error::Error::source(status);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cause = c.source();
+    }
+    s
 }
 
 /// The media type for a file name, by extension.
@@ -95,16 +114,67 @@ pub fn ts(t: Timestamp) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds, nanos }
 }
 
+/// A client's mutual-TLS material: the CA that signed the server's
+/// certificate, and the client's own certificate and key (PEM files).
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    /// CA bundle to verify the server with.
+    pub ca: std::path::PathBuf,
+    /// Client certificate.
+    pub cert: std::path::PathBuf,
+    /// Client private key.
+    pub key: std::path::PathBuf,
+    /// Name to verify the server certificate against, when not the URL's host.
+    pub server_name: Option<String>,
+}
+
 impl Client {
-    /// A client for `addr` (`http://host:port`); connects lazily, so a server
-    /// that is down is reported per call (and retried by callers that want to).
+    /// A plaintext client for `addr` (`http://host:port`); see [`Client::connect`].
     pub fn new(addr: &str) -> Result<Client, ClientError> {
-        let endpoint = Endpoint::from_shared(addr.to_string())
+        Client::connect(addr, None)
+    }
+
+    /// A client for `addr`: `http://` plaintext (loopback servers), or
+    /// `https://` with mutual TLS from `tls`. Connects lazily, so a server
+    /// that is down is reported per call (and retried by callers that want to).
+    pub fn connect(addr: &str, tls: Option<&ClientTls>) -> Result<Client, ClientError> {
+        let mut endpoint = Endpoint::from_shared(addr.to_string())
             .map_err(|_| ClientError::Address(addr.to_string()))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .initial_stream_window_size(4 * 1024 * 1024)
             .initial_connection_window_size(16 * 1024 * 1024);
+        let https = addr.starts_with("https://");
+        match (https, tls) {
+            (true, Some(t)) => {
+                let read = |p: &std::path::Path| {
+                    std::fs::read(p).map_err(|source| ClientError::Io {
+                        path: p.display().to_string(),
+                        source,
+                    })
+                };
+                let mut cfg = ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(read(&t.ca)?))
+                    .identity(Identity::from_pem(read(&t.cert)?, read(&t.key)?));
+                if let Some(n) = &t.server_name {
+                    cfg = cfg.domain_name(n.clone());
+                }
+                endpoint = endpoint
+                    .tls_config(cfg)
+                    .map_err(|e| ClientError::Tls(e.to_string()))?;
+            }
+            (true, None) => {
+                return Err(ClientError::Tls(format!(
+                    "{addr} needs a client certificate: pass --ca, --cert and --key (or CUSTODY_CA, CUSTODY_CERT, CUSTODY_KEY)"
+                )))
+            }
+            (false, Some(_)) => {
+                return Err(ClientError::Tls(format!(
+                    "certificates given but {addr} is not an https:// address"
+                )))
+            }
+            (false, None) => {}
+        }
         Ok(Client {
             channel: endpoint.connect_lazy(),
         })

@@ -263,7 +263,7 @@ fn print_policy(v: &pb::PolicyVersion, json_out: bool) {
 }
 
 fn status(e: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", e.code(), e.message())
+    anyhow::anyhow!("{}", crate::client::describe(&e))
 }
 
 /// Runs `custody policy ...`.

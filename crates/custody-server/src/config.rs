@@ -7,6 +7,8 @@ use custody_core::Limits;
 use custody_store::StoreConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::identity::{default_rules, IdentityRule};
+
 /// Where the key-encryption keys come from. Field names are the `[keys]` config keys.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -72,16 +74,19 @@ pub enum ServiceKind {
     Hold,
     /// `custody.v1.RetentionService`: sweeps.
     Retention,
+    /// `custody.v1.NodeService`: listeners and refusal counts.
+    Node,
 }
 
 impl ServiceKind {
     /// Every service.
-    pub const ALL: [ServiceKind; 5] = [
+    pub const ALL: [ServiceKind; 6] = [
         ServiceKind::Ingest,
         ServiceKind::Archive,
         ServiceKind::Policy,
         ServiceKind::Hold,
         ServiceKind::Retention,
+        ServiceKind::Node,
     ];
 
     /// The fully qualified gRPC service name.
@@ -92,6 +97,45 @@ impl ServiceKind {
             ServiceKind::Policy => "custody.v1.PolicyService",
             ServiceKind::Hold => "custody.v1.HoldService",
             ServiceKind::Retention => "custody.v1.RetentionService",
+            ServiceKind::Node => "custody.v1.NodeService",
+        }
+    }
+}
+
+/// A listener's TLS identity and the CA bundle its clients' certificates must
+/// chain to (mutual TLS: a client without a valid certificate is refused in
+/// the handshake). Field names are the `[listeners.tls]` config keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Server private key (PEM).
+    pub key: PathBuf,
+    /// CA certificates (PEM bundle) that client certificates must chain to.
+    pub client_ca: PathBuf,
+}
+
+/// Who callers are and what they may do. Field names are the `[auth]` config keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Rules mapping a client certificate's subject/SANs to roles (union of
+    /// all matches). The default: a `urn:custody:role:ROLE` SAN URI grants ROLE.
+    pub rules: Vec<IdentityRule>,
+    /// Deny list of revoked certificate serials (hex, one per line), re-read
+    /// when it changes. Unreadable means every certificate is refused.
+    pub revoked_serials_file: Option<PathBuf>,
+    /// Whether a supervisor may release a hold it placed itself.
+    pub supervisors_release_own_holds: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            rules: default_rules(),
+            revoked_serials_file: None,
+            supervisors_release_own_holds: false,
         }
     }
 }
@@ -109,6 +153,9 @@ pub struct ListenerConfig {
     pub addr: String,
     /// Services exposed on this listener.
     pub services: Vec<ServiceKind>,
+    /// TLS identity and client CA; required unless `addr` is loopback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
 }
 
 /// The whole server configuration.
@@ -132,6 +179,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Retention enforcement.
     pub retention: RetentionConfig,
+    /// Identities and roles.
+    pub auth: AuthConfig,
 }
 
 impl Default for ServerConfig {
@@ -148,6 +197,7 @@ impl Default for ServerConfig {
             },
             limits: Limits::default(),
             retention: RetentionConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -175,6 +225,7 @@ impl ServerConfig {
                 name: "local".to_string(),
                 addr: self.listen.clone(),
                 services: ServiceKind::ALL.to_vec(),
+                tls: None,
             }]
         } else {
             self.listeners.clone()
@@ -191,9 +242,10 @@ impl ServerConfig {
                 std::net::ToSocketAddrs::to_socket_addrs(&l.addr)
                     .map_err(|e| format!("listener {:?}: address {:?}: {e}", l.name, l.addr))?
                     .collect();
-            if addrs.is_empty() || addrs.iter().any(|a| !a.ip().is_loopback()) {
+            if l.tls.is_none() && (addrs.is_empty() || addrs.iter().any(|a| !a.ip().is_loopback()))
+            {
                 return Err(format!(
-                    "listener {:?} binds {} without TLS: plaintext is allowed only on loopback (TLS listeners are not supported yet)",
+                    "listener {:?} binds {} without TLS: plaintext is allowed only on loopback; add [listeners.tls] with cert, key and client_ca",
                     l.name, l.addr
                 ));
             }
@@ -211,9 +263,22 @@ impl ServerConfig {
         if self.data_dir.is_relative() {
             self.data_dir = base.join(&self.data_dir);
         }
-        if let Some(k) = &self.keys.key_file {
-            if k.is_relative() {
-                self.keys.key_file = Some(base.join(k));
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(k) = &mut self.keys.key_file {
+            resolve(k);
+        }
+        if let Some(r) = &mut self.auth.revoked_serials_file {
+            resolve(r);
+        }
+        for l in &mut self.listeners {
+            if let Some(t) = &mut l.tls {
+                resolve(&mut t.cert);
+                resolve(&mut t.key);
+                resolve(&mut t.client_ca);
             }
         }
     }
@@ -252,6 +317,11 @@ mod tests {
             .effective_listeners()
             .unwrap_err()
             .contains("only on loopback"));
+        let tls = ServerConfig::from_toml(
+            "[[listeners]]\nname = \"cameras\"\naddr = \"0.0.0.0:7421\"\nservices = [\"ingest\"]\ntls = { cert = \"s.pem\", key = \"s.key\", client_ca = \"ca.pem\" }\n",
+        )
+        .unwrap();
+        assert_eq!(tls.effective_listeners().unwrap().len(), 1);
         assert!(ServerConfig::from_toml(
             "[[listeners]]\nname = \"x\"\naddr = \"127.0.0.1:0\"\nservices = [\"admin\"]\n"
         )
@@ -283,5 +353,15 @@ mod deploy_example {
             ServerConfig::default(),
             "the example documents the defaults"
         );
+    }
+
+    #[test]
+    fn three_networks_example_is_valid() {
+        let text = include_str!("../../../deploy/three-networks.toml");
+        let c = ServerConfig::from_toml(text).expect("deploy/three-networks.toml parses");
+        let l = c.effective_listeners().expect("its listeners are valid");
+        assert_eq!(l.len(), 3);
+        assert!(l.iter().all(|l| l.tls.is_some()));
+        assert!(c.auth.revoked_serials_file.is_some());
     }
 }

@@ -5,10 +5,12 @@
 //! services over it, and the one mapping from domain errors to gRPC statuses.
 //! Binaries (`custodyd`) live in `custody-cli`.
 
+pub mod authz;
 mod caller;
 mod config;
 mod error;
 pub mod grpc;
+pub mod identity;
 mod ingest;
 mod node;
 mod read;
@@ -16,7 +18,9 @@ mod rebuild;
 mod retention;
 
 pub use caller::{Caller, CameraScope, Role};
-pub use config::{KeysConfig, ListenerConfig, RetentionConfig, ServerConfig, ServiceKind};
+pub use config::{
+    AuthConfig, KeysConfig, ListenerConfig, ListenerTls, RetentionConfig, ServerConfig, ServiceKind,
+};
 pub use error::ServerError;
 pub use ingest::{IngestHeader, IngestPart, IngestReceipt};
 pub use node::{load_keyring, Node};

@@ -9,8 +9,10 @@ use custody_crypto::Keyring;
 use custody_store::{ObjectPath, Store, StoreError};
 use tracing::{info, warn};
 
+use crate::authz::Denials;
+use crate::identity::RevocationList;
 use crate::retention::Retention;
-use crate::{ServerConfig, ServerError};
+use crate::{AuthConfig, ServerConfig, ServerError};
 
 /// One Custody node. Cheap to clone; clones share everything.
 #[derive(Clone)]
@@ -23,6 +25,9 @@ pub struct Node {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) retention: Arc<Retention>,
     inflight: Arc<Mutex<HashSet<SegmentId>>>,
+    pub(crate) auth: Arc<AuthConfig>,
+    pub(crate) denials: Arc<Denials>,
+    pub(crate) revoked: Arc<RevocationList>,
 }
 
 /// Releases an in-flight upload slot when dropped.
@@ -106,6 +111,12 @@ impl Node {
             clock,
             retention: Arc::new(Retention::new(config.retention.clone())),
             inflight: Arc::new(Mutex::new(HashSet::new())),
+            auth: Arc::new(config.auth.clone()),
+            denials: Arc::new(Denials::default()),
+            revoked: Arc::new(
+                RevocationList::open(config.auth.revoked_serials_file.clone())
+                    .map_err(ServerError::FailedPrecondition)?,
+            ),
         };
         node.load_retention().await?;
         node.recover_pending().await?;
@@ -120,6 +131,11 @@ impl Node {
     /// The node's catalog.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    /// Refusals counted by the listeners' gates and the handlers.
+    pub fn denials(&self) -> &Denials {
+        &self.denials
     }
 
     /// The node's limits.

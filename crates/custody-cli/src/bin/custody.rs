@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, Parser, Subcommand};
-use custody_cli::client::{media_type_for, ts, Client, Upload};
+use custody_cli::client::{describe, media_type_for, ts, Client, ClientTls, Upload};
 use custody_cli::output;
 use custody_cli::watch::{watch, WatchConfig};
 use custody_core::{TimeRange, Timestamp};
 use custody_proto::v1 as pb;
+use custody_proto::v1::node_service_client::NodeServiceClient;
 use futures::StreamExt;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
@@ -26,6 +27,18 @@ struct Cli {
         default_value = "http://127.0.0.1:7420"
     )]
     server: String,
+    /// CA certificate (PEM) to verify an https:// server with.
+    #[arg(long, global = true, env = "CUSTODY_CA")]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, global = true, env = "CUSTODY_CERT")]
+    cert: Option<PathBuf>,
+    /// Client private key (PEM) for mutual TLS.
+    #[arg(long, global = true, env = "CUSTODY_KEY")]
+    key: Option<PathBuf>,
+    /// Name to verify the server certificate against, if not the address's host.
+    #[arg(long, global = true, env = "CUSTODY_TLS_SERVER_NAME")]
+    tls_server_name: Option<String>,
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     json: bool,
@@ -97,6 +110,13 @@ enum Command {
         /// Only report.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// The server's listeners and refused-request counts.
+    Status,
+    /// Certificates for a deployment: CA, server, cameras, people; revocation.
+    Certs {
+        #[command(subcommand)]
+        command: custody_cli::certs::CertsCommand,
     },
     /// Key-encryption key files.
     Keys {
@@ -286,7 +306,7 @@ where
             Err(e) => {
                 drop(f);
                 let _ = tokio::fs::remove_file(&tmp).await;
-                bail!("{:?}: {}", e.code(), e.message());
+                bail!("{}", describe(&e));
             }
         };
         n += piece.len() as u64;
@@ -307,8 +327,21 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let client = Client::new(&cli.server)?;
-    let status = |e: tonic::Status| anyhow::anyhow!("{:?}: {}", e.code(), e.message());
+    if let Command::Certs { command } = cli.command {
+        return custody_cli::certs::run(command, cli.json);
+    }
+    let tls = match (cli.ca, cli.cert, cli.key) {
+        (None, None, None) => None,
+        (Some(ca), Some(cert), Some(key)) => Some(ClientTls {
+            ca,
+            cert,
+            key,
+            server_name: cli.tls_server_name,
+        }),
+        _ => anyhow::bail!("mutual TLS needs all of --ca, --cert and --key"),
+    };
+    let client = Client::connect(&cli.server, tls.as_ref())?;
+    let status = |e: tonic::Status| anyhow::anyhow!("{}", describe(&e));
     match cli.command {
         Command::Ingest(a) => ingest(&client, a, cli.json).await?,
         Command::Ls { camera: None, .. } => {
@@ -444,6 +477,43 @@ async fn main() -> Result<()> {
         }
         Command::Sweep { dry_run } => {
             custody_cli::retention::sweep(&client, dry_run, cli.json).await?
+        }
+        // Handled above, before connecting.
+        Command::Certs { .. } => {}
+        Command::Status => {
+            let r = NodeServiceClient::new(client.channel())
+                .get_status(pb::GetStatusRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            if cli.json {
+                let ls: Vec<_> = r
+                    .listeners
+                    .iter()
+                    .map(|l| {
+                        serde_json::json!({"name": l.name, "addr": l.addr, "services": l.services,
+                            "mtls": l.mtls, "refusals": l.refusals})
+                    })
+                    .collect();
+                println!("{}", serde_json::json!({ "listeners": ls }));
+            } else {
+                for l in &r.listeners {
+                    let refused: Vec<String> =
+                        l.refusals.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    println!(
+                        "{:<12} {:<22} {:<9} refused: {}  services: {}",
+                        l.name,
+                        l.addr,
+                        if l.mtls { "mtls" } else { "plaintext" },
+                        if refused.is_empty() {
+                            "none".to_string()
+                        } else {
+                            refused.join(" ")
+                        },
+                        l.services.join(",")
+                    );
+                }
+            }
         }
         Command::Keys {
             command: KeysCommand::Init { key_file },

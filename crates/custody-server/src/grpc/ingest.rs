@@ -7,7 +7,7 @@ use futures::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{digest, range};
-use crate::{IngestHeader, IngestPart, Node, ServerError};
+use crate::{Caller, CameraScope, IngestHeader, IngestPart, Node, ServerError};
 
 /// The ingest service over a node.
 #[derive(Clone)]
@@ -41,6 +41,7 @@ impl pb::ingest_service_server::IngestService for IngestApi {
         &self,
         request: Request<Streaming<pb::PutSegmentRequest>>,
     ) -> Result<Response<pb::PutSegmentResponse>, Status> {
+        let caller = Caller::of(&request);
         let mut stream = request.into_inner();
         let first = stream.next().await.ok_or_else(|| {
             Status::invalid_argument("empty upload: the first message must be a header")
@@ -53,6 +54,23 @@ impl pb::ingest_service_server::IngestService for IngestApi {
                 ))
             }
         };
+        if !caller.cameras.allows(h.camera.as_str()) {
+            let n = self
+                .node
+                .denials()
+                .count(&caller.listener, "camera-binding");
+            let bound = match &caller.cameras {
+                CameraScope::Only(ids) if !ids.is_empty() => {
+                    ids.iter().cloned().collect::<Vec<_>>().join(", ")
+                }
+                _ => "no camera".to_string(),
+            };
+            tracing::warn!(principal = caller.principal, camera = %h.camera, refusals = n, "refused: camera not bound to certificate");
+            return Err(Status::permission_denied(format!(
+                "{} may ingest only for {bound}, not for camera {}",
+                caller.principal, h.camera
+            )));
+        }
         let parts = stream.map(|m| match m {
             Ok(pb::PutSegmentRequest {
                 part: Some(Part::Chunk(b)),

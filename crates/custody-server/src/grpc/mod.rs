@@ -3,11 +3,13 @@
 mod archive;
 mod convert;
 mod ingest;
+mod node;
 mod retention;
 mod serve;
 
 pub use archive::ArchiveApi;
 pub use convert::{from_proto_ts, segment_info, to_proto_ts};
 pub use ingest::IngestApi;
+pub use node::NodeApi;
 pub use retention::RetentionApi;
 pub use serve::{serve, Serving};

@@ -7,7 +7,7 @@ use custody_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::convert::{from_proto_ts, to_proto_ts};
-use crate::{HoldState, Node, ServerError};
+use crate::{Caller, HoldState, Node, ServerError};
 
 /// Policy, hold and sweep services over a node.
 #[derive(Clone)]
@@ -126,6 +126,7 @@ impl pb::policy_service_server::PolicyService for RetentionApi {
         &self,
         request: Request<pb::SetPolicyRequest>,
     ) -> Result<Response<pb::SetPolicyResponse>, Status> {
+        let caller = Caller::of(&request);
         let r = request.into_inner();
         let scope = scope_from(r.scope)?;
         let p = r
@@ -137,7 +138,10 @@ impl pb::policy_service_server::PolicyService for RetentionApi {
             ceiling_secs: p.ceiling_secs,
             locked: p.locked,
         };
-        let (v, effect) = self.node.set_policy(scope, policy, &r.principal).await?;
+        let (v, effect) = self
+            .node
+            .set_policy(scope, policy, &caller.recorded_principal(&r.principal))
+            .await?;
         Ok(Response::new(pb::SetPolicyResponse {
             policy: Some(version_to(&v)),
             expiring_segments: effect.segments,
@@ -192,6 +196,7 @@ impl pb::hold_service_server::HoldService for RetentionApi {
         &self,
         request: Request<pb::CreateHoldRequest>,
     ) -> Result<Response<pb::CreateHoldResponse>, Status> {
+        let caller = Caller::of(&request);
         let r = request.into_inner();
         let cameras = match (r.all_cameras, r.camera_ids.is_empty()) {
             (true, true) => HoldCameras::All,
@@ -228,7 +233,7 @@ impl pb::hold_service_server::HoldService for RetentionApi {
                 end,
                 r.case_id,
                 r.reason,
-                &r.principal,
+                &caller.recorded_principal(&r.principal),
                 r.future_cameras,
             )
             .await?;
@@ -261,9 +266,21 @@ impl pb::hold_service_server::HoldService for RetentionApi {
         &self,
         request: Request<pb::ReleaseHoldRequest>,
     ) -> Result<Response<pb::HoldRecord>, Status> {
+        let caller = Caller::of(&request);
         let r = request.into_inner();
         let id = hold_id(&r.hold_id)?;
-        let s = self.node.release_hold(&id, r.reason, &r.principal).await?;
+        let principal = caller.recorded_principal(&r.principal);
+        if caller.serial.is_some() && !self.node.auth.supervisors_release_own_holds {
+            let placed_by = self.node.hold(&id).await?.hold.placed_by;
+            if placed_by == principal {
+                self.node.denials().count(&caller.listener, "own-hold");
+                return Err(Status::permission_denied(format!(
+                    "{principal} placed hold {id} and may not release it: another supervisor must \
+                     (auth.supervisors_release_own_holds = false)"
+                )));
+            }
+        }
+        let s = self.node.release_hold(&id, r.reason, &principal).await?;
         Ok(Response::new(hold_to(&s)))
     }
 

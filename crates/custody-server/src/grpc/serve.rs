@@ -1,20 +1,25 @@
 //! Serving the gRPC API on one listener per network segment, each with only
-//! its configured services, standard health checking and reflection.
+//! its configured services, standard health checking and reflection, mutual
+//! TLS where configured, and the authorization gate in front of every route.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use custody_proto::v1::archive_service_server::ArchiveServiceServer;
 use custody_proto::v1::hold_service_server::HoldServiceServer;
 use custody_proto::v1::ingest_service_server::IngestServiceServer;
+use custody_proto::v1::node_service_server::NodeServiceServer;
 use custody_proto::v1::policy_service_server::PolicyServiceServer;
 use custody_proto::v1::retention_service_server::RetentionServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::RoutesBuilder;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::info;
 
-use super::{ArchiveApi, IngestApi, RetentionApi};
+use super::{ArchiveApi, IngestApi, NodeApi, RetentionApi};
+use crate::authz::{Gate, GateConfig};
 use crate::{ListenerConfig, Node, ServerError, ServiceKind};
 
 /// HTTP/2 flow-control window per stream.
@@ -25,6 +30,7 @@ const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// A bound listener, ready to serve.
 pub struct Serving {
     listener: TcpListener,
+    tls: Option<ServerTlsConfig>,
     /// The listener's configuration.
     pub config: ListenerConfig,
     /// The address actually bound (useful with port 0).
@@ -34,6 +40,29 @@ pub struct Serving {
 impl Serving {
     /// Binds a listener.
     pub async fn bind(config: ListenerConfig) -> Result<Serving, ServerError> {
+        let tls = match &config.tls {
+            None => None,
+            Some(t) => {
+                let read = |what: &str, p: &std::path::Path| {
+                    std::fs::read(p).map_err(|e| {
+                        ServerError::FailedPrecondition(format!(
+                            "listener {}: tls.{what} {}: {e}",
+                            config.name,
+                            p.display()
+                        ))
+                    })
+                };
+                Some(
+                    ServerTlsConfig::new()
+                        .identity(Identity::from_pem(
+                            read("cert", &t.cert)?,
+                            read("key", &t.key)?,
+                        ))
+                        .client_ca_root(Certificate::from_pem(read("client_ca", &t.client_ca)?))
+                        .client_auth_optional(false),
+                )
+            }
+        };
         let addr = config.addr.clone();
         let listener = TcpListener::bind(&addr).await.map_err(|e| {
             ServerError::FailedPrecondition(format!(
@@ -46,13 +75,18 @@ impl Serving {
             .map_err(|e| ServerError::Internal(format!("local address of {addr}: {e}")))?;
         Ok(Serving {
             listener,
+            tls,
             config,
             local_addr,
         })
     }
 }
 
-async fn routes(node: &Node, services: &[ServiceKind]) -> Result<RoutesBuilder, ServerError> {
+async fn routes(
+    node: &Node,
+    services: &[ServiceKind],
+    status: &NodeApi,
+) -> Result<RoutesBuilder, ServerError> {
     let max = node.limits().max_message_bytes;
     let (reporter, health) = tonic_health::server::health_reporter();
     let mut reflection = tonic_reflection::server::Builder::configure()
@@ -107,6 +141,10 @@ async fn routes(node: &Node, services: &[ServiceKind]) -> Result<RoutesBuilder, 
                     .set_serving::<RetentionServiceServer<RetentionApi>>()
                     .await;
             }
+            ServiceKind::Node => {
+                routes.add_service(NodeServiceServer::new(status.clone()));
+                reporter.set_serving::<NodeServiceServer<NodeApi>>().await;
+            }
         }
     }
     let reflection_err = |e| ServerError::Internal(format!("reflection: {e}"));
@@ -125,13 +163,37 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
+    let status = NodeApi::new(
+        node.clone(),
+        bound
+            .iter()
+            .map(|b| (b.config.clone(), b.local_addr.to_string()))
+            .collect(),
+    );
     for b in bound {
-        let routes = routes(&node, &b.config.services).await?;
+        let routes = routes(&node, &b.config.services, &status).await?;
+        let gate = Arc::new(GateConfig {
+            listener: b.config.name.clone(),
+            services: b.config.services.clone(),
+            mtls: b.tls.is_some(),
+            rules: node.auth.rules.clone(),
+            revoked: node.revoked.clone(),
+            denials: node.denials.clone(),
+        });
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = b.tls {
+            server = server.tls_config(tls).map_err(|e| {
+                ServerError::FailedPrecondition(format!("listener {}: tls: {e}", b.config.name))
+            })?;
+        }
         let mut stop = stop_rx.clone();
         info!(listener = b.config.name, addr = %b.local_addr, services = ?b.config.services, "serving gRPC");
         let name = b.config.name.clone();
         tasks.push(tokio::spawn(async move {
-            tonic::transport::Server::builder()
+            server
+                .layer(tower_layer::layer_fn(move |inner| {
+                    Gate::new(inner, gate.clone())
+                }))
                 // Segments are megabytes: default 64 KiB HTTP/2 windows would
                 // stall every upload on flow control.
                 .initial_stream_window_size(STREAM_WINDOW)

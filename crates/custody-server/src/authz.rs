@@ -1,0 +1,267 @@
+//! Authorization: which roles may call which RPC (the table documented in
+//! `docs/authorization.md`, which the authorization matrix test reads), and
+//! the per-listener gate that identifies the caller of every request, checks
+//! the table and counts refusals.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tonic::codegen::http;
+use tonic::codegen::{BoxFuture, Service};
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::Status;
+use tracing::warn;
+
+use crate::identity::{CertIdentity, IdentityRule, RevocationList};
+use crate::{Caller, Role, ServiceKind};
+
+use Role::*;
+
+/// The roles allowed to call `service/method` (e.g.
+/// `custody.v1.HoldService/CreateHold`), or `None` for an RPC this table does
+/// not know (refused: unknown means denied).
+pub fn allowed_roles(rpc: &str) -> Option<&'static [Role]> {
+    const READERS: &[Role] = &[Operator, Investigator, Supervisor, Auditor, Admin];
+    Some(match rpc {
+        "custody.v1.IngestService/PutSegment" => &[Camera],
+        "custody.v1.ArchiveService/ListCameras" => READERS,
+        "custody.v1.ArchiveService/ListSegments" => &[Operator, Investigator, Supervisor, Auditor],
+        "custody.v1.ArchiveService/ReadSegment" | "custody.v1.ArchiveService/ExportClip" => {
+            &[Operator, Investigator]
+        }
+        "custody.v1.PolicyService/SetPolicy" => &[Admin],
+        "custody.v1.PolicyService/GetPolicy"
+        | "custody.v1.PolicyService/ListPolicies"
+        | "custody.v1.PolicyService/ResolvePolicy" => READERS,
+        "custody.v1.HoldService/CreateHold" => &[Investigator],
+        "custody.v1.HoldService/ReleaseHold" => &[Supervisor],
+        "custody.v1.HoldService/GetHold" | "custody.v1.HoldService/ListHolds" => {
+            &[Investigator, Supervisor, Auditor, Admin]
+        }
+        "custody.v1.RetentionService/Sweep" => &[Admin],
+        "custody.v1.NodeService/GetStatus" => &[Auditor, Admin],
+        _ => return None,
+    })
+}
+
+/// Services every authenticated caller may use: health and reflection.
+fn is_open_service(service: &str) -> bool {
+    service == "grpc.health.v1.Health" || service.starts_with("grpc.reflection.")
+}
+
+/// Refusals per listener and reason, for the status RPC and logs.
+#[derive(Debug, Default)]
+pub struct Denials {
+    counts: Mutex<BTreeMap<(String, String), u64>>,
+}
+
+impl Denials {
+    /// Counts one refusal; returns the new count for this listener and reason.
+    pub fn count(&self, listener: &str, reason: &str) -> u64 {
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = c
+            .entry((listener.to_string(), reason.to_string()))
+            .or_default();
+        *n += 1;
+        *n
+    }
+
+    /// Every count: (listener, reason) → refusals.
+    pub fn snapshot(&self) -> BTreeMap<(String, String), u64> {
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// What a listener's gate needs to know.
+pub struct GateConfig {
+    /// Listener name.
+    pub listener: String,
+    /// Services the listener serves (others fall through to UNIMPLEMENTED).
+    pub services: Vec<ServiceKind>,
+    /// Whether callers present verified client certificates (mTLS).
+    pub mtls: bool,
+    /// Identity rules.
+    pub rules: Vec<IdentityRule>,
+    /// Revoked serials.
+    pub revoked: Arc<RevocationList>,
+    /// Refusal counters.
+    pub denials: Arc<Denials>,
+}
+
+/// A refusal: the reason class (counted) and the message returned.
+struct Refusal {
+    kind: &'static str,
+    message: String,
+}
+
+impl GateConfig {
+    /// Identifies the caller of a request and checks it may call the RPC at `path`.
+    fn admit<B>(&self, req: &http::Request<B>) -> Result<Caller, (Option<Caller>, Refusal)> {
+        let caller = if self.mtls {
+            self.certificate_caller(req).map_err(|r| (None, r))?
+        } else {
+            Caller::local(&self.listener)
+        };
+        let rpc = req.uri().path().trim_start_matches('/');
+        let service = rpc.split('/').next().unwrap_or("");
+        if is_open_service(service) || !self.services.iter().any(|s| s.grpc_name() == service) {
+            // Health and reflection are open; a service this listener does
+            // not serve does not exist here, and the router says so.
+            return Ok(caller);
+        }
+        let Some(allowed) = allowed_roles(rpc) else {
+            return Err((
+                Some(caller),
+                Refusal {
+                    kind: "unknown-rpc",
+                    message: format!("{rpc} has no authorization rule: refused"),
+                },
+            ));
+        };
+        if allowed.iter().any(|r| caller.has(*r)) {
+            return Ok(caller);
+        }
+        let have: Vec<&str> = caller.roles.iter().map(|r| r.as_str()).collect();
+        let need: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
+        let message = format!(
+            "{} (roles: {}) may not call {rpc}: it needs one of the roles {}",
+            caller.principal,
+            if have.is_empty() {
+                "none".to_string()
+            } else {
+                have.join(", ")
+            },
+            need.join(", ")
+        );
+        Err((
+            Some(caller),
+            Refusal {
+                kind: "role",
+                message,
+            },
+        ))
+    }
+
+    fn certificate_caller<B>(&self, req: &http::Request<B>) -> Result<Caller, Refusal> {
+        let certs = req
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(|i| i.peer_certs());
+        let Some(leaf) = certs.as_ref().and_then(|c| c.first()) else {
+            return Err(Refusal {
+                kind: "no-certificate",
+                message: format!(
+                    "listener {} requires a client certificate (mutual TLS)",
+                    self.listener
+                ),
+            });
+        };
+        let id = CertIdentity::from_der(leaf.as_ref()).map_err(|message| Refusal {
+            kind: "bad-certificate",
+            message,
+        })?;
+        match self.revoked.is_revoked(&id.serial) {
+            Ok(false) => {}
+            Ok(true) => {
+                return Err(Refusal {
+                    kind: "revoked",
+                    message: format!(
+                        "certificate of {} (serial {}) is revoked",
+                        id.principal(),
+                        id.serial
+                    ),
+                })
+            }
+            Err(e) => {
+                return Err(Refusal {
+                    kind: "revocation-list",
+                    message: format!("{e}: refusing every certificate until it is readable"),
+                })
+            }
+        }
+        Ok(id.caller(&self.rules, &self.listener))
+    }
+}
+
+/// The gate in front of one listener's routes.
+#[derive(Clone)]
+pub struct Gate<S> {
+    inner: S,
+    config: Arc<GateConfig>,
+}
+
+impl<S> Gate<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, config: Arc<GateConfig>) -> Gate<S> {
+        Gate { inner, config }
+    }
+}
+
+impl<S, B, R> Service<http::Request<B>> for Gate<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    R: Default + Send + 'static,
+{
+    type Response = http::Response<R>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        match self.config.admit(&req) {
+            Ok(caller) => {
+                req.extensions_mut().insert(caller);
+                let fut = self.inner.call(req);
+                Box::pin(fut)
+            }
+            Err((caller, refusal)) => {
+                let c = &self.config;
+                let n = c.denials.count(&c.listener, refusal.kind);
+                warn!(
+                    listener = c.listener,
+                    rpc = req.uri().path(),
+                    principal = caller.as_ref().map(|c| c.principal.as_str()).unwrap_or("-"),
+                    reason = refusal.kind,
+                    refusals = n,
+                    "refused: {}",
+                    refusal.message
+                );
+                let response = Status::permission_denied(refusal.message).into_http();
+                Box::pin(async move { Ok(response) })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_role_is_used_and_unknown_rpcs_are_refused() {
+        assert!(allowed_roles("custody.v1.HoldService/Nope").is_none());
+        let rpcs = [
+            "custody.v1.IngestService/PutSegment",
+            "custody.v1.HoldService/CreateHold",
+            "custody.v1.HoldService/ReleaseHold",
+            "custody.v1.PolicyService/SetPolicy",
+            "custody.v1.NodeService/GetStatus",
+            "custody.v1.ArchiveService/ReadSegment",
+        ];
+        for role in Role::ALL {
+            assert!(
+                rpcs.iter()
+                    .any(|r| allowed_roles(r).unwrap().contains(&role)),
+                "{role} can do nothing"
+            );
+        }
+    }
+}
