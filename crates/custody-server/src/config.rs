@@ -58,6 +58,30 @@ impl RetentionConfig {
     }
 }
 
+/// The audit chain. Field names are the `[audit]` config keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Reads are group-committed: their records reach the store at most this
+    /// many milliseconds after the request (a mutation's record is durable
+    /// before the mutation is acknowledged; a clean shutdown flushes).
+    pub flush_interval_ms: u64,
+    /// Most records in one batch object.
+    pub max_batch_records: usize,
+    /// Records waiting for the writer before requests wait for room.
+    pub queue_capacity: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            flush_interval_ms: 200,
+            max_batch_records: 1000,
+            queue_capacity: 10_000,
+        }
+    }
+}
+
 /// A gRPC service that a listener can expose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -72,16 +96,19 @@ pub enum ServiceKind {
     Hold,
     /// `custody.v1.RetentionService`: sweeps.
     Retention,
+    /// `custody.v1.AuditService`: the audit log.
+    Audit,
 }
 
 impl ServiceKind {
     /// Every service.
-    pub const ALL: [ServiceKind; 5] = [
+    pub const ALL: [ServiceKind; 6] = [
         ServiceKind::Ingest,
         ServiceKind::Archive,
         ServiceKind::Policy,
         ServiceKind::Hold,
         ServiceKind::Retention,
+        ServiceKind::Audit,
     ];
 
     /// The fully qualified gRPC service name.
@@ -92,6 +119,7 @@ impl ServiceKind {
             ServiceKind::Policy => "custody.v1.PolicyService",
             ServiceKind::Hold => "custody.v1.HoldService",
             ServiceKind::Retention => "custody.v1.RetentionService",
+            ServiceKind::Audit => "custody.v1.AuditService",
         }
     }
 }
@@ -132,6 +160,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Retention enforcement.
     pub retention: RetentionConfig,
+    /// The audit chain.
+    pub audit: AuditConfig,
 }
 
 impl Default for ServerConfig {
@@ -148,6 +178,7 @@ impl Default for ServerConfig {
             },
             limits: Limits::default(),
             retention: RetentionConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }

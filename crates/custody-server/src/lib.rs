@@ -5,6 +5,7 @@
 //! services over it, and the one mapping from domain errors to gRPC statuses.
 //! Binaries (`custodyd`) live in `custody-cli`.
 
+mod audit;
 mod caller;
 mod config;
 mod error;
@@ -15,8 +16,9 @@ mod read;
 mod rebuild;
 mod retention;
 
+pub use audit::{AuditEvent, AuditLog};
 pub use caller::{Caller, CameraScope, Role};
-pub use config::{KeysConfig, ListenerConfig, RetentionConfig, ServerConfig, ServiceKind};
+pub use config::{AuditConfig, KeysConfig, ListenerConfig, RetentionConfig, ServerConfig, ServiceKind};
 pub use error::ServerError;
 pub use ingest::{IngestHeader, IngestPart, IngestReceipt};
 pub use node::{load_keyring, Node};

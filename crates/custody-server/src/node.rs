@@ -9,6 +9,7 @@ use custody_crypto::Keyring;
 use custody_store::{ObjectPath, Store, StoreError};
 use tracing::{info, warn};
 
+use crate::audit::{key_events, AuditEvent, AuditLog};
 use crate::retention::Retention;
 use crate::{ServerConfig, ServerError};
 
@@ -22,6 +23,7 @@ pub struct Node {
     pub(crate) chunk_size: u32,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) retention: Arc<Retention>,
+    pub(crate) audit: AuditLog,
     inflight: Arc<Mutex<HashSet<SegmentId>>>,
 }
 
@@ -97,18 +99,32 @@ impl Node {
                 custody_crypto::MAX_CHUNK_SIZE
             )));
         }
+        let keyring = Arc::new(keyring);
+        let (audit, resumed) = AuditLog::start(
+            store.clone(),
+            keyring.clone(),
+            clock.clone(),
+            config.audit.clone(),
+        )
+        .await?;
         let node = Node {
             store,
             catalog,
-            keyring: Arc::new(keyring),
+            keyring,
             limits: config.limits.clone(),
             chunk_size: config.chunk_size,
             clock,
             retention: Arc::new(Retention::new(config.retention.clone())),
+            audit,
             inflight: Arc::new(Mutex::new(HashSet::new())),
         };
         node.load_retention().await?;
         node.recover_pending().await?;
+        let mut events = key_events(&node.keyring, resumed.head.as_ref());
+        let mut start = AuditEvent::node("node.start");
+        start.detail = format!("store {}", node.store.url());
+        events.push(start);
+        node.audit.record_durable(events).await?;
         Ok(node)
     }
 

@@ -706,6 +706,9 @@ impl Node {
             drop(view);
             if !deleted.is_empty() {
                 self.record_deletions(now, &deleted).await?;
+                self.audit
+                    .record_durable(deleted.iter().map(deletion_event).collect())
+                    .await?;
                 info!(deleted = deleted.len(), "expired segments deleted");
             }
             report.deleted.extend(deleted);
@@ -788,6 +791,18 @@ impl Node {
             }
         }))
     }
+}
+
+/// The audit record of one swept segment.
+fn deletion_event(d: &Deletion) -> crate::AuditEvent {
+    let mut e = crate::AuditEvent::node("sweep.delete");
+    e.cameras = vec![d.camera.to_string()];
+    e.segment = d.segment_id.to_string();
+    e.detail = format!(
+        "{} expired at {} under policy {} v{}; {} B, sha256 {}",
+        d.range, d.expired_at, d.policy_scope, d.policy_version, d.size, d.sha256
+    );
+    e
 }
 
 fn policy_error(e: custody_core::PolicyError) -> ServerError {

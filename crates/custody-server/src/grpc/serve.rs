@@ -5,6 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use custody_proto::v1::archive_service_server::ArchiveServiceServer;
+use custody_proto::v1::audit_service_server::AuditServiceServer;
 use custody_proto::v1::hold_service_server::HoldServiceServer;
 use custody_proto::v1::ingest_service_server::IngestServiceServer;
 use custody_proto::v1::policy_service_server::PolicyServiceServer;
@@ -14,7 +15,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::RoutesBuilder;
 use tracing::info;
 
-use super::{ArchiveApi, IngestApi, RetentionApi};
+use super::{ArchiveApi, AuditApi, IngestApi, RetentionApi};
 use crate::{ListenerConfig, Node, ServerError, ServiceKind};
 
 /// HTTP/2 flow-control window per stream.
@@ -106,6 +107,10 @@ async fn routes(node: &Node, services: &[ServiceKind]) -> Result<RoutesBuilder, 
                 reporter
                     .set_serving::<RetentionServiceServer<RetentionApi>>()
                     .await;
+            }
+            ServiceKind::Audit => {
+                routes.add_service(AuditServiceServer::new(AuditApi::new(node.clone())));
+                reporter.set_serving::<AuditServiceServer<AuditApi>>().await;
             }
         }
     }
