@@ -5,6 +5,7 @@
 //! or JSON output. The binaries `custodyd`, `custody` and `custody-bench` are
 //! thin `main` functions over it and over `custody-server`.
 
+pub mod audit;
 pub mod client;
 pub mod output;
 pub mod retention;

@@ -298,7 +298,10 @@ impl Writer {
                     let cap = self.config.queue_capacity;
                     if carried.len() > cap {
                         let lost = carried.len() - cap;
-                        error!(lost, "audit records dropped: the store is unavailable and the queue is full");
+                        error!(
+                            lost,
+                            "audit records dropped: the store is unavailable and the queue is full"
+                        );
                         carried.drain(..lost);
                     }
                 }
@@ -360,7 +363,10 @@ impl Writer {
                         .ok()
                         .and_then(|b| open_batch(&self.keyring, &b).ok());
                     if theirs.as_ref() != Some(&records) {
-                        warn!(object = key, "audit sequence taken by another writer; renumbering");
+                        warn!(
+                            object = key,
+                            "audit sequence taken by another writer; renumbering"
+                        );
                         self.resume().await.map_err(|e| e.to_string())?;
                         continue;
                     }

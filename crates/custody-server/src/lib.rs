@@ -18,7 +18,9 @@ mod retention;
 
 pub use audit::{AuditEvent, AuditLog};
 pub use caller::{Caller, CameraScope, Role};
-pub use config::{AuditConfig, KeysConfig, ListenerConfig, RetentionConfig, ServerConfig, ServiceKind};
+pub use config::{
+    AuditConfig, KeysConfig, ListenerConfig, RetentionConfig, ServerConfig, ServiceKind,
+};
 pub use error::ServerError;
 pub use ingest::{IngestHeader, IngestPart, IngestReceipt};
 pub use node::{load_keyring, Node};

@@ -98,6 +98,11 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// The audit chain: list records, verify it offline, save its head.
+    Audit {
+        #[command(subcommand)]
+        command: custody_cli::audit::AuditCommand,
+    },
     /// Key-encryption key files.
     Keys {
         #[command(subcommand)]
@@ -445,6 +450,7 @@ async fn main() -> Result<()> {
         Command::Sweep { dry_run } => {
             custody_cli::retention::sweep(&client, dry_run, cli.json).await?
         }
+        Command::Audit { command } => custody_cli::audit::audit(&client, command, cli.json).await?,
         Command::Keys {
             command: KeysCommand::Init { key_file },
         } => {

@@ -220,7 +220,16 @@ impl pb::archive_service_server::ArchiveService for ArchiveApi {
         let result = self.list_cameras_inner(request).await;
         let target = Target::default();
         let p = caller.principal.clone();
-        audited(&self.node, &caller, p, "archive.list_cameras", target, Durability::Grouped, result).await
+        audited(
+            &self.node,
+            &caller,
+            p,
+            "archive.list_cameras",
+            target,
+            Durability::Grouped,
+            result,
+        )
+        .await
     }
 
     async fn list_segments(
@@ -233,7 +242,16 @@ impl pb::archive_service_server::ArchiveService for ArchiveApi {
         target.detail = format!("stream {:?} {}", r.stream, range_detail(&r.start, &r.end));
         let result = self.list_segments_inner(request).await;
         let p = caller.principal.clone();
-        audited(&self.node, &caller, p, "archive.list_segments", target, Durability::Grouped, result).await
+        audited(
+            &self.node,
+            &caller,
+            p,
+            "archive.list_segments",
+            target,
+            Durability::Grouped,
+            result,
+        )
+        .await
     }
 
     type ReadSegmentStream = BoxStream<pb::ReadSegmentResponse>;
@@ -257,7 +275,16 @@ impl pb::archive_service_server::ArchiveService for ArchiveApi {
         }
         let result = self.read_segment_inner(request).await;
         let p = caller.principal.clone();
-        audited(&self.node, &caller, p, "archive.read_segment", target, Durability::Grouped, result).await
+        audited(
+            &self.node,
+            &caller,
+            p,
+            "archive.read_segment",
+            target,
+            Durability::Grouped,
+            result,
+        )
+        .await
     }
 
     type ExportClipStream = BoxStream<pb::ExportClipResponse>;
@@ -272,6 +299,15 @@ impl pb::archive_service_server::ArchiveService for ArchiveApi {
         target.detail = format!("stream {:?} {}", r.stream, range_detail(&r.start, &r.end));
         let result = self.export_clip_inner(request).await;
         let p = caller.principal.clone();
-        audited(&self.node, &caller, p, "archive.export_clip", target, Durability::Grouped, result).await
+        audited(
+            &self.node,
+            &caller,
+            p,
+            "archive.export_clip",
+            target,
+            Durability::Grouped,
+            result,
+        )
+        .await
     }
 }

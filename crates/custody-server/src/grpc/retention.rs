@@ -372,8 +372,15 @@ impl pb::policy_service_server::PolicyService for RetentionApi {
                 target.detail.push_str(&format!("; version {}", v.version));
             }
         }
-        self.audited(&caller, &claimed, "policy.set", target, Durability::Durable, result)
-            .await
+        self.audited(
+            &caller,
+            &claimed,
+            "policy.set",
+            target,
+            Durability::Durable,
+            result,
+        )
+        .await
     }
 
     async fn get_policy(
@@ -383,8 +390,15 @@ impl pb::policy_service_server::PolicyService for RetentionApi {
         let caller = Caller::of(&request);
         let target = scope_target(&request.get_ref().scope);
         let result = self.get_policy_inner(request).await;
-        self.audited(&caller, "", "policy.get", target, Durability::Grouped, result)
-            .await
+        self.audited(
+            &caller,
+            "",
+            "policy.get",
+            target,
+            Durability::Grouped,
+            result,
+        )
+        .await
     }
 
     async fn list_policies(
@@ -393,8 +407,15 @@ impl pb::policy_service_server::PolicyService for RetentionApi {
     ) -> Result<Response<pb::ListPoliciesResponse>, Status> {
         let caller = Caller::of(&request);
         let result = self.list_policies_inner(request).await;
-        self.audited(&caller, "", "policy.list", Target::default(), Durability::Grouped, result)
-            .await
+        self.audited(
+            &caller,
+            "",
+            "policy.list",
+            Target::default(),
+            Durability::Grouped,
+            result,
+        )
+        .await
     }
 
     async fn resolve_policy(
@@ -404,8 +425,15 @@ impl pb::policy_service_server::PolicyService for RetentionApi {
         let caller = Caller::of(&request);
         let target = Target::camera(&request.get_ref().camera_id);
         let result = self.resolve_policy_inner(request).await;
-        self.audited(&caller, "", "policy.resolve", target, Durability::Grouped, result)
-            .await
+        self.audited(
+            &caller,
+            "",
+            "policy.resolve",
+            target,
+            Durability::Grouped,
+            result,
+        )
+        .await
     }
 }
 
@@ -438,8 +466,15 @@ impl pb::hold_service_server::HoldService for RetentionApi {
                 target.hold = h.hold_id.clone();
             }
         }
-        self.audited(&caller, &claimed, "hold.create", target, Durability::Durable, result)
-            .await
+        self.audited(
+            &caller,
+            &claimed,
+            "hold.create",
+            target,
+            Durability::Durable,
+            result,
+        )
+        .await
     }
 
     async fn release_hold(
@@ -463,8 +498,15 @@ impl pb::hold_service_server::HoldService for RetentionApi {
                 h.camera_ids.clone()
             };
         }
-        self.audited(&caller, &claimed, "hold.release", target, Durability::Durable, result)
-            .await
+        self.audited(
+            &caller,
+            &claimed,
+            "hold.release",
+            target,
+            Durability::Durable,
+            result,
+        )
+        .await
     }
 
     async fn get_hold(
@@ -491,8 +533,15 @@ impl pb::hold_service_server::HoldService for RetentionApi {
             ..Default::default()
         };
         let result = self.list_holds_inner(request).await;
-        self.audited(&caller, "", "hold.list", target, Durability::Grouped, result)
-            .await
+        self.audited(
+            &caller,
+            "",
+            "hold.list",
+            target,
+            Durability::Grouped,
+            result,
+        )
+        .await
     }
 }
 
@@ -516,7 +565,14 @@ impl pb::retention_service_server::RetentionService for RetentionApi {
             },
             ..Default::default()
         };
-        self.audited(&caller, "", "retention.sweep", target, Durability::Durable, result)
-            .await
+        self.audited(
+            &caller,
+            "",
+            "retention.sweep",
+            target,
+            Durability::Durable,
+            result,
+        )
+        .await
     }
 }
