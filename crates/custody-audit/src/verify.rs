@@ -349,10 +349,8 @@ pub fn verify(
                 message: format!("differs from {source}: the record was replaced"),
             }),
             Some(_) => {}
-            None if seq > max_seq => {
-                if truncated.as_ref().is_none_or(|(s, _)| seq > *s) {
-                    truncated = Some((seq, source));
-                }
+            None if seq > max_seq && truncated.as_ref().is_none_or(|(s, _)| seq > *s) => {
+                truncated = Some((seq, source));
             }
             // Inside the chain: already reported as removed or bad.
             None => {}

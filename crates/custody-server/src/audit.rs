@@ -202,17 +202,17 @@ impl Writer {
         let mut last_head: Option<(u64, String)> = None;
         for k in keys {
             match parse_key(&k) {
-                Some(ObjectName::Batch { last, .. }) => {
-                    if last_batch.as_ref().is_none_or(|(s, _)| last > *s) {
-                        last_batch = Some((last, k));
-                    }
+                Some(ObjectName::Batch { last, .. })
+                    if last_batch.as_ref().is_none_or(|(s, _)| last > *s) =>
+                {
+                    last_batch = Some((last, k));
                 }
-                Some(ObjectName::Head { seq }) => {
-                    if last_head.as_ref().is_none_or(|(s, _)| seq > *s) {
-                        last_head = Some((seq, k));
-                    }
+                Some(ObjectName::Head { seq })
+                    if last_head.as_ref().is_none_or(|(s, _)| seq > *s) =>
+                {
+                    last_head = Some((seq, k));
                 }
-                None => {}
+                _ => {}
             }
         }
         self.next_seq = 1;
