@@ -37,6 +37,9 @@ use tracing::{error, info, warn};
 
 use crate::{AuditConfig, Caller, Node, ServerError};
 
+/// Shortest wait before retrying records a failed write left behind.
+const RETRY_MIN: Duration = Duration::from_millis(500);
+
 /// Principal of records the node writes on its own behalf.
 pub const NODE_PRINCIPAL: &str = "custodyd";
 
@@ -249,7 +252,21 @@ impl Writer {
         let interval = Duration::from_millis(self.config.flush_interval_ms);
         let max = self.config.max_batch_records;
         let mut carried: Vec<AuditEvent> = Vec::new();
-        while let Some(cmd) = rx.recv().await {
+        loop {
+            // Records a failed write left behind are retried after an interval
+            // even when nothing new arrives.
+            let cmd = if carried.is_empty() {
+                match rx.recv().await {
+                    Some(c) => Some(c),
+                    None => break,
+                }
+            } else {
+                match tokio::time::timeout(interval.max(RETRY_MIN), rx.recv()).await {
+                    Ok(Some(c)) => Some(c),
+                    Ok(None) => break,
+                    Err(_) => None,
+                }
+            };
             let mut events = std::mem::take(&mut carried);
             let mut acks: Vec<Ack> = Vec::new();
             let mut urgent = false;
@@ -266,7 +283,9 @@ impl Writer {
                     *urgent = true;
                 }
             };
-            take(cmd, &mut events, &mut urgent);
+            if let Some(cmd) = cmd {
+                take(cmd, &mut events, &mut urgent);
+            }
             let deadline = tokio::time::Instant::now() + interval;
             let mut open = true;
             while !urgent && events.len() < max {
@@ -499,5 +518,122 @@ impl Node {
         e.outcome = Outcome::Refused;
         e.reason = reason.to_string();
         self.audit.record(e).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use custody_core::{ManualClock, Timestamp};
+    use custody_crypto::KeyId;
+
+    use super::*;
+
+    fn ring(ids: &[&str]) -> Keyring {
+        let mut k = Keyring::generate(KeyId::parse(ids[0]).unwrap());
+        for id in &ids[1..] {
+            k.rotate(KeyId::parse(id).unwrap()).unwrap();
+        }
+        k
+    }
+
+    fn actions(events: &[AuditEvent]) -> Vec<(&str, &str)> {
+        events
+            .iter()
+            .map(|e| (e.action.as_str(), e.detail.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn key_changes_since_the_last_head_become_records() {
+        let k = ring(&["k1"]);
+        assert_eq!(
+            actions(&key_events(&k, None)),
+            [
+                ("key.add", "KEK k1 is in the keyring"),
+                ("key.activate", "active KEK k1")
+            ]
+        );
+        let head = Head {
+            seq: 9,
+            digest: String::new(),
+            at: String::new(),
+            object: String::new(),
+            keys: vec!["k1".into(), "k0".into()],
+            active_key: "k1".into(),
+        };
+        let mut same = ring(&["k0", "k1"]);
+        assert_eq!(same.active().id().as_str(), "k1");
+        assert!(key_events(&same, Some(&head)).is_empty());
+        same.rotate(KeyId::parse("k2").unwrap()).unwrap();
+        assert_eq!(
+            actions(&key_events(&same, Some(&head))),
+            [
+                ("key.add", "KEK k2 is in the keyring"),
+                ("key.activate", "active KEK k1 -> k2")
+            ]
+        );
+        let dropped = ring(&["k1"]);
+        assert_eq!(
+            actions(&key_events(&dropped, Some(&head))),
+            [("key.remove", "KEK k0 is no longer in the keyring")]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_chain_resumes_from_the_store_and_reads_are_flushed() {
+        let store = Store::memory();
+        let keyring = Arc::new(ring(&["k1"]));
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(Timestamp::from_secs(1_000)));
+        let config = AuditConfig {
+            flush_interval_ms: 60_000,
+            ..Default::default()
+        };
+        let (log, resumed) = AuditLog::start(
+            store.clone(),
+            keyring.clone(),
+            clock.clone(),
+            config.clone(),
+        )
+        .await
+        .unwrap();
+        assert!(resumed.head.is_none());
+        // Group-committed reads wait for company; a flush writes them at once.
+        for i in 0..5 {
+            let mut e = AuditEvent::node("archive.read_segment");
+            e.segment = format!("s{i}");
+            log.record(e).await;
+        }
+        log.flush().await.unwrap();
+        assert_eq!(
+            log.record_durable(vec![AuditEvent::node("hold.create")])
+                .await
+                .unwrap(),
+            6
+        );
+        let recs = read_records(&store, &keyring, 1).await.unwrap();
+        assert_eq!(recs.len(), 6);
+        assert_eq!(recs[0].1, batch_key(1, 5));
+        // A second writer (a restart without the catalog) continues the chain.
+        let (log2, resumed) = AuditLog::start(store.clone(), keyring.clone(), clock, config)
+            .await
+            .unwrap();
+        assert_eq!(resumed.head.map(|h| h.seq), Some(6));
+        assert_eq!(
+            log2.record_durable(vec![AuditEvent::node("node.start")])
+                .await
+                .unwrap(),
+            7
+        );
+        // The first writer's next sequence number was taken: it renumbers.
+        assert_eq!(
+            log.record_durable(vec![AuditEvent::node("hold.release")])
+                .await
+                .unwrap(),
+            8
+        );
+        let objects = read_objects(&store).await.unwrap();
+        let report = custody_audit::verify(&objects, &keyring, None);
+        assert!(report.ok(), "{:?}", report.problems);
+        assert_eq!(report.last_seq, 8);
     }
 }
