@@ -565,7 +565,13 @@ async fn verify_names_every_tampered_record() {
             bytes[at] ^= 0x01;
             std::fs::write(&b3, bytes).unwrap();
         },
-        &["edited", &n(&b3), &name(&b3)],
+        &[
+            &format!(
+                "edited: record {} ",
+                name(&b3)[21..41].parse::<u64>().unwrap()
+            ),
+            &name(&b3),
+        ],
     );
     // Delete a record.
     tampered(

@@ -11,13 +11,14 @@
 //! create-only object per batch, named by the sequence numbers it holds:
 //!
 //! ```text
-//! audit/{first:020}-{last:020}.rec    sealed "audit-batch": {"records": [...]}
-//! audit/heads/{seq:020}.head           sealed "audit-head":  {"seq", "digest", "at", "object", "keys", "active_key"}
+//! audit/{first:020}-{last:020}.rec    one sealed "audit-record" per record, concatenated
+//! audit/heads/{seq:020}.head           sealed "audit-head": {"seq", "digest", "at", "object", "keys", "active_key"}
 //! ```
 //!
-//! Both are sealed with `custody-crypto`'s record sealing (GMAC under a key
-//! derived from the active KEK); the JSON payload stays readable with
-//! standard tools (`tail -c +N`, `jq`). A **head** (checkpoint) names the
+//! Every record and head is sealed on its own with `custody-crypto`'s record
+//! sealing (GMAC under a key derived from the active KEK), so an edit is
+//! pinned to the one record it touched; the JSON payloads stay readable
+//! with standard tools (`strings`, `grep`). A **head** (checkpoint) names the
 //! last sequence number and its digest after each batch; a verifier that
 //! holds an earlier head (`custody audit head > head.json`) notices records
 //! cut from the tail even if the heads in the store were removed too.
@@ -36,7 +37,7 @@ mod verify;
 
 pub use object::{
     batch_key, head_key, open_batch, open_head, parse_key, seal_batch, seal_head, Head, ObjectName,
-    AUDIT_PREFIX, BATCH_KIND, HEADS_PREFIX, HEAD_KIND,
+    OpenedBatch, AUDIT_PREFIX, HEADS_PREFIX, HEAD_KIND, RECORD_KIND,
 };
 pub use record::{AuditRecord, Digest, Outcome, GENESIS};
 pub use verify::{verify, Problem, ProblemKind, TrustedHead, VerifyReport};

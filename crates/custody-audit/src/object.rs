@@ -1,7 +1,7 @@
 //! The audit objects in the store: sealed batches of records and sealed
 //! heads (checkpoints), and the keys they live under.
 
-use custody_crypto::{open_record, seal_record, Kek, Keyring};
+use custody_crypto::{open_record, seal_record, sealed_record_len, Kek, Keyring};
 use serde::{Deserialize, Serialize};
 
 use crate::record::parse_digest;
@@ -11,8 +11,8 @@ use crate::{AuditError, AuditRecord, Digest};
 pub const AUDIT_PREFIX: &str = "audit";
 /// Prefix of the heads (checkpoints).
 pub const HEADS_PREFIX: &str = "audit/heads";
-/// Record kind of a sealed batch.
-pub const BATCH_KIND: &str = "audit-batch";
+/// Record kind of each sealed record in a batch.
+pub const RECORD_KIND: &str = "audit-record";
 /// Record kind of a sealed head.
 pub const HEAD_KIND: &str = "audit-head";
 
@@ -60,29 +60,59 @@ pub fn parse_key(key: &str) -> Option<ObjectName> {
         .then_some(ObjectName::Batch { first, last })
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Batch {
-    records: Vec<AuditRecord>,
-}
-
-/// Seals a batch of records under `kek`.
+/// Seals each record on its own (so an edit is pinned to one record) and
+/// concatenates them into one batch object.
 pub fn seal_batch(kek: &Kek, records: &[AuditRecord]) -> Result<Vec<u8>, AuditError> {
-    #[derive(Serialize)]
-    struct BatchRef<'a> {
-        records: &'a [AuditRecord],
+    let mut out = Vec::new();
+    for r in records {
+        out.extend(seal_record(kek, RECORD_KIND, &r.canonical())?);
     }
-    let payload = serde_json::to_vec(&BatchRef { records })
-        .map_err(|e| AuditError::Payload(e.to_string()))?;
-    Ok(seal_record(kek, BATCH_KIND, &payload)?)
+    Ok(out)
 }
 
-/// Authenticates a sealed batch and returns its records.
-pub fn open_batch(keyring: &Keyring, bytes: &[u8]) -> Result<Vec<AuditRecord>, AuditError> {
-    let payload = open_record(keyring, BATCH_KIND, bytes)?;
-    let b: Batch =
-        serde_json::from_slice(&payload).map_err(|e| AuditError::Payload(e.to_string()))?;
-    Ok(b.records)
+/// A batch object split into its records, each authenticated on its own.
+#[derive(Debug)]
+pub struct OpenedBatch {
+    /// Each sealed record in object order: the record, or why it is not authentic.
+    pub records: Vec<Result<AuditRecord, AuditError>>,
+    /// Why the bytes after the last record could not be split into records.
+    pub unreadable_tail: Option<String>,
+}
+
+impl OpenedBatch {
+    /// The authentic records.
+    pub fn authentic(self) -> Vec<AuditRecord> {
+        self.records.into_iter().filter_map(Result::ok).collect()
+    }
+}
+
+/// Splits a batch object into its sealed records and authenticates each.
+pub fn open_batch(keyring: &Keyring, bytes: &[u8]) -> OpenedBatch {
+    let mut records = Vec::new();
+    let mut rest = bytes;
+    let mut unreadable_tail = None;
+    while !rest.is_empty() {
+        let len = match sealed_record_len(rest) {
+            Ok(n) => n,
+            Err(e) => {
+                unreadable_tail = Some(e.to_string());
+                break;
+            }
+        };
+        let (one, tail) = rest.split_at(len);
+        rest = tail;
+        records.push(
+            open_record(keyring, RECORD_KIND, one)
+                .map_err(AuditError::from)
+                .and_then(|p| {
+                    serde_json::from_slice(&p).map_err(|e| AuditError::Payload(e.to_string()))
+                }),
+        );
+    }
+    OpenedBatch {
+        records,
+        unreadable_tail,
+    }
 }
 
 /// A checkpoint of the chain: its last record, and the node's keyring as it

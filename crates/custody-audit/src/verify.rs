@@ -138,10 +138,12 @@ pub fn verify(
     let mut misplaced = Vec::new();
     let mut heads = Vec::new();
 
-    let mut batches: Vec<(u64, u64, &String, &Vec<u8>)> = Vec::new();
+    let mut batches: Vec<(u64, u64, &String, &[u8])> = Vec::new();
     for (key, bytes) in objects {
         match parse_key(key) {
-            Some(ObjectName::Batch { first, last }) => batches.push((first, last, key, bytes)),
+            Some(ObjectName::Batch { first, last }) => {
+                batches.push((first, last, key, bytes.as_slice()))
+            }
             Some(ObjectName::Head { seq }) => heads.push((seq, key, bytes)),
             None => problems.push(Problem {
                 kind: ProblemKind::Inserted,
@@ -156,59 +158,73 @@ pub fn verify(
     report.batches = batches.len() as u64;
     report.heads = heads.len() as u64;
 
+    // Authentic records in range are placed; the rest is sorted out below.
     for (first, last, key, bytes) in batches {
-        let records = match open_batch(keyring, bytes) {
-            Ok(r) => r,
-            Err(e) => {
-                forged.push((first, last, key.clone(), e.to_string()));
-                continue;
+        let opened = open_batch(keyring, bytes);
+        let pieces = opened.records.len() as u64;
+        let mut strays = Vec::new();
+        for (seq, piece) in (first..).zip(opened.records) {
+            match piece {
+                Ok(record) if (first..=last).contains(&record.seq) => {
+                    let seq = record.seq;
+                    if let Some(other) = placed.get(&seq) {
+                        problems.push(Problem {
+                            kind: ProblemKind::Inserted,
+                            first_seq: seq,
+                            last_seq: seq,
+                            object: key.clone(),
+                            message: if other.record == record {
+                                format!("a copy of record {seq}, which is also in {}", other.object)
+                            } else {
+                                format!(
+                                    "a second authentic record {seq} (the chain forked); the first is in {}",
+                                    other.object
+                                )
+                            },
+                        });
+                        continue;
+                    }
+                    placed.insert(
+                        seq,
+                        Placed {
+                            digest: record.digest(),
+                            record,
+                            object: key.clone(),
+                        },
+                    );
+                }
+                Ok(record) => strays.push(record),
+                Err(e) => forged.push((seq, seq, key.clone(), e.to_string())),
             }
-        };
-        let in_place = !records.is_empty()
-            && records.len() as u64 == last - first + 1
-            && records.iter().zip(first..).all(|(r, seq)| r.seq == seq);
-        if !in_place {
-            misplaced.push((first, last, key.clone(), records));
-            continue;
         }
-        for record in records {
-            let seq = record.seq;
-            if let Some(other) = placed.get(&seq) {
-                problems.push(Problem {
-                    kind: ProblemKind::Inserted,
-                    first_seq: seq,
-                    last_seq: seq,
-                    object: key.clone(),
-                    message: format!(
-                        "a second authentic record {seq} (the chain forked); the first is in {}",
-                        other.object
-                    ),
-                });
-                continue;
+        match opened.unreadable_tail {
+            Some(why) => forged.push((
+                (first + pieces).min(last),
+                last,
+                key.clone(),
+                format!("unreadable from its record {}: {why}", pieces + 1),
+            )),
+            None if pieces == 0 => {
+                forged.push((first, last, key.clone(), "the object is empty".into()))
             }
-            placed.insert(
-                seq,
-                Placed {
-                    digest: record.digest(),
-                    record,
-                    object: key.clone(),
-                },
-            );
+            None => {}
+        }
+        if !strays.is_empty() {
+            misplaced.push((first, last, key.clone(), strays));
         }
     }
 
     for (first, last, key, records) in misplaced {
         accounted.push((first, last));
-        let (c1, c2) = match (records.first(), records.last()) {
-            (Some(a), Some(b)) => (a.seq, b.seq),
-            _ => (0, 0),
-        };
-        let duplicate = !records.is_empty()
-            && records.iter().all(|r| {
-                placed
-                    .get(&r.seq)
-                    .is_some_and(|p| p.record == *r && p.object != key)
-            });
+        let (c1, c2) = (
+            records.iter().map(|r| r.seq).min().unwrap_or(0),
+            records.iter().map(|r| r.seq).max().unwrap_or(0),
+        );
+        let duplicate = records.iter().all(|r| {
+            placed
+                .get(&r.seq)
+                .is_some_and(|p| p.record == *r && p.object != key)
+        });
         problems.push(if duplicate {
             Problem {
                 kind: ProblemKind::Inserted,
@@ -248,7 +264,7 @@ pub fn verify(
                 last_seq: last,
                 object: key,
                 message: format!(
-                    "forged object (fails authentication: {why}) claiming records already in place: {overlaps:?}"
+                    "forged (fails authentication: {why}), claiming records already in place: {overlaps:?}"
                 ),
             }
         });
@@ -483,8 +499,23 @@ mod tests {
             let mut bad = objs.clone();
             bad[i].1[pos] ^= 0x20;
             let r = verify(&bad, &ring, None);
-            assert_eq!(kinds(&r), vec![(ProblemKind::Edited, 2, 3)], "byte {pos}");
-            assert_eq!(r.problems[0].object, batch_key(2, 3));
+            assert!(!r.ok(), "byte {pos}");
+            for p in &r.problems {
+                assert_eq!(p.kind, ProblemKind::Edited, "byte {pos}: {p}");
+                assert!(p.first_seq >= 2 && p.last_seq <= 3, "byte {pos}: {p}");
+                assert_eq!(p.object, batch_key(2, 3));
+            }
+        }
+        // An edit inside one record's payload names that record alone.
+        let first_len = custody_crypto::sealed_record_len(&objs[i].1).unwrap();
+        for (pos, seq) in [(first_len - 30, 2), (first_len + 60, 3)] {
+            let mut bad = objs.clone();
+            bad[i].1[pos] ^= 0x01;
+            let r = verify(&bad, &ring, None);
+            assert_eq!(kinds(&r), vec![(ProblemKind::Edited, seq, seq)]);
+            assert!(r.problems[0]
+                .to_string()
+                .starts_with(&format!("edited: record {seq} (")));
         }
         // A head edited is named too.
         let h = objs.iter().position(|(k, _)| *k == head_key(3)).unwrap();

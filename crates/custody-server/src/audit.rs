@@ -223,12 +223,10 @@ impl Writer {
         if let Some((last, key)) = last_batch {
             self.next_seq = last + 1;
             let bytes = self.store.get(&ObjectPath::from(key.as_str())).await?;
-            match open_batch(&self.keyring, &bytes) {
-                Ok(records) => match records.last() {
-                    Some(r) if r.seq == last => self.prev = r.digest(),
-                    _ => warn!(object = key, "last audit batch holds other records than its name says; the chain continues after it unlinked (custody audit verify names it)"),
-                },
-                Err(e) => warn!(object = key, error = %e, "last audit batch fails verification; the chain continues after it unlinked (custody audit verify names it)"),
+            let records = open_batch(&self.keyring, &bytes).authentic();
+            match records.iter().find(|r| r.seq == last) {
+                Some(r) => self.prev = r.digest(),
+                None => warn!(object = key, "the last audit record does not verify; the chain continues after it unlinked (custody audit verify names it)"),
             }
         }
         let mut resumed = Resumed::default();
@@ -380,7 +378,7 @@ impl Writer {
                         .get(&path)
                         .await
                         .ok()
-                        .and_then(|b| open_batch(&self.keyring, &b).ok());
+                        .map(|b| open_batch(&self.keyring, &b).authentic());
                     if theirs.as_ref() != Some(&records) {
                         warn!(
                             object = key,
@@ -478,15 +476,22 @@ pub(crate) async fn read_records(
     let mut out = Vec::new();
     for (first, last, key) in batches {
         let bytes = store.get(&ObjectPath::from(key.as_str())).await?;
-        match open_batch(keyring, &bytes) {
-            Ok(records) => out.extend(
-                records
-                    .into_iter()
-                    .filter(|r| r.seq >= from && (first..=last).contains(&r.seq))
-                    .map(|r| (r, key.clone())),
-            ),
-            Err(e) => warn!(object = key, error = %e, "audit batch fails verification; skipped"),
+        let opened = open_batch(keyring, &bytes);
+        let total = opened.records.len();
+        let records = opened.authentic();
+        if records.len() != total {
+            warn!(
+                object = key,
+                skipped = total - records.len(),
+                "audit records fail verification; skipped (custody audit verify names them)"
+            );
         }
+        out.extend(
+            records
+                .into_iter()
+                .filter(|r| r.seq >= from && (first..=last).contains(&r.seq))
+                .map(|r| (r, key.clone())),
+        );
     }
     Ok(out)
 }
