@@ -197,7 +197,10 @@ async fn node_on_s3_ingests_reads_rebuilds_and_holds() {
         key.to_str().unwrap(),
     ]);
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && said.contains("audit chain OK"), "{said}");
+    assert!(
+        out.status.success() && said.contains("audit chain OK"),
+        "{said}"
+    );
     drop(s3);
     let out = server.custody(&["sweep"]);
     assert!(

@@ -11,6 +11,8 @@
 //!   then states the real outcome (ok, or refused/failed with the reason),
 //!   and a crash in between leaves an unacknowledged mutation whose own
 //!   sealed object (`holds/`, `policies/`, ...) still names who did it.
+//!   Sweep deletions are the exception: recorded before the objects go
+//!   (intent-first), so no segment leaves the store unrecorded.
 //!   Reads are group-committed; [`AuditLog::close`] flushes on shutdown.
 //! - **Resume.** On start the writer lists `audit/` in the store and
 //!   continues after the last batch, so the chain survives the loss of the

@@ -692,23 +692,34 @@ impl Node {
                 .iter()
                 .map(|d| ObjectPath::from(d.object_key.as_str()))
                 .collect();
+            // Audited before anything goes: no deletion without its durable record.
+            self.audit
+                .record_durable(doomed.iter().map(deletion_event).collect())
+                .await?;
             let results = self.delete_objects(keys).await;
             let mut failure = None;
             let mut deleted = Vec::with_capacity(doomed.len());
+            let mut failed = Vec::new();
             for (d, r) in doomed.into_iter().zip(results) {
                 match r {
                     Ok(()) => deleted.push(d),
-                    Err(e) => failure = Some(e),
+                    Err(e) => {
+                        let mut ev = deletion_event(&d);
+                        ev.outcome = custody_audit::Outcome::Failed;
+                        ev.reason = e.to_string();
+                        failed.push(ev);
+                        failure = Some(e);
+                    }
                 }
+            }
+            if !failed.is_empty() {
+                self.audit.record_durable(failed).await?;
             }
             let ids: Vec<SegmentId> = deleted.iter().map(|d| d.segment_id).collect();
             self.catalog.delete_segments(&ids)?;
             drop(view);
             if !deleted.is_empty() {
                 self.record_deletions(now, &deleted).await?;
-                self.audit
-                    .record_durable(deleted.iter().map(deletion_event).collect())
-                    .await?;
                 info!(deleted = deleted.len(), "expired segments deleted");
             }
             report.deleted.extend(deleted);
