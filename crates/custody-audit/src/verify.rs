@@ -398,10 +398,13 @@ fn bad_head(seq: u64, key: &str, message: &str) -> Problem {
     }
 }
 
-impl From<&Head> for Option<TrustedHead> {
-    fn from(h: &Head) -> Self {
-        h.digest_bytes()
-            .map(|digest| TrustedHead { seq: h.seq, digest })
+impl Head {
+    /// This head as one a verifier trusts (`None` if its digest is malformed).
+    pub fn trusted(&self) -> Option<TrustedHead> {
+        self.digest_bytes().map(|digest| TrustedHead {
+            seq: self.seq,
+            digest,
+        })
     }
 }
 
@@ -479,8 +482,7 @@ mod tests {
     fn clean_chain_verifies() {
         let ring = ring();
         let (objs, heads) = chain(&ring, &[1, 2, 1, 3]);
-        let t: Option<TrustedHead> = (&heads[1]).into();
-        let r = verify(&objs, &ring, t.as_ref());
+        let r = verify(&objs, &ring, heads[1].trusted().as_ref());
         assert!(r.ok(), "{:?}", r.problems);
         assert_eq!((r.records, r.batches, r.heads, r.last_seq), (7, 4, 4, 7));
         assert_eq!(r.last_digest, heads[3].digest);
@@ -606,8 +608,7 @@ mod tests {
         // Heads gone too: only a kept head notices.
         cut.retain(|(k, _)| *k != head_key(6));
         assert!(verify(&cut, &ring, None).ok());
-        let kept: Option<TrustedHead> = (&heads[3]).into();
-        let r = verify(&cut, &ring, kept.as_ref());
+        let r = verify(&cut, &ring, heads[3].trusted().as_ref());
         assert_eq!(kinds(&r), vec![(ProblemKind::Truncated, 5, 6)]);
         assert!(r.problems[0].message.contains("trusted head"));
         // A kept head whose record was replaced.
