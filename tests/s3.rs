@@ -180,6 +180,27 @@ async fn node_on_s3_ingests_reads_rebuilds_and_holds() {
     server.custody_ok(&["policy", "set", "--retain-for", "1s"]);
     let dry = json(&server.custody_ok(&["--json", "sweep", "--dry-run"]));
     assert_eq!(dry["deleted"].as_array().unwrap().len(), 2, "{dry}");
+    // The audit chain in the bucket (across a kill -9 and a restart) verifies
+    // offline, straight from the bucket with the key file.
+    let key = data_dir.join("keys/keyring.toml");
+    let out = testkit::custody_offline(&[
+        "audit",
+        "verify",
+        "--store",
+        "s3://custody-test/city",
+        "--s3-endpoint",
+        &endpoint,
+        "--s3-region",
+        "us-east-1",
+        "--s3-allow-http",
+        "--key-file",
+        key.to_str().unwrap(),
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("audit chain OK"),
+        "{said}"
+    );
     drop(s3);
     let out = server.custody(&["sweep"]);
     assert!(

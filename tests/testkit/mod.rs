@@ -62,6 +62,18 @@ impl Server {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM (a clean shutdown) and waits for the exit; asserts it was clean.
+    pub fn stop(&mut self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -TERM custodyd");
+        let status = self.child.wait().expect("wait for custodyd");
+        assert!(status.success(), "custodyd exited with {status}");
+    }
+
     /// Kills and starts again on the same data dir (new port).
     pub fn restart(mut self) -> Server {
         self.kill9();
@@ -108,6 +120,15 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Runs the `custody` client with no server (offline subcommands).
+pub fn custody_offline(args: &[&str]) -> Output {
+    Command::new(CUSTODY)
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("run custody")
 }
 
 /// Panics with an install hint when a tool is missing.

@@ -6,6 +6,7 @@
 //! thin `main` functions over it and over `custody-server`.
 
 pub mod certs;
+pub mod audit;
 pub mod client;
 pub mod output;
 pub mod retention;

@@ -27,4 +27,4 @@ pub use container::{
 };
 pub use error::CryptoError;
 pub use keyring::{Kek, KeyId, Keyring};
-pub use record::{open_record, seal_record};
+pub use record::{open_record, seal_record, sealed_record_len};

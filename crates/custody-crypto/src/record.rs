@@ -109,6 +109,26 @@ pub fn open_record(
     Ok(payload.to_vec())
 }
 
+/// The length of the sealed record at the start of `bytes` (records can be
+/// concatenated, e.g. a batch of audit records). Checks only the framing.
+pub fn sealed_record_len(bytes: &[u8]) -> Result<usize, CryptoError> {
+    let mut r = Reader(bytes);
+    if r.take(8)? != MAGIC {
+        return Err(malformed("bad magic".to_string()));
+    }
+    r.take(1)?;
+    let id_len = usize::from(r.take(1)?[0]);
+    r.take(id_len)?;
+    let kind_len = usize::from(r.take(1)?[0]);
+    r.take(kind_len)?;
+    r.take(NONCE_LEN)?;
+    let mut len = [0u8; 4];
+    len.copy_from_slice(r.take(4)?);
+    r.take(u32::from_le_bytes(len) as usize)?;
+    r.take(TAG_LEN)?;
+    Ok(bytes.len() - r.0.len())
+}
+
 /// The record cipher derived from a KEK.
 fn record_cipher(kek: &Kek) -> aes_gcm::Aes256Gcm {
     let mut h = Sha256::new();
@@ -190,6 +210,18 @@ mod tests {
             open_record(&ring, "audit", &long),
             Err(CryptoError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn concatenated_records_split() {
+        let ring = ring();
+        let a = seal_record(ring.active(), "audit", b"first").unwrap();
+        let b = seal_record(ring.active(), "audit", b"second!").unwrap();
+        let both = [a.clone(), b.clone()].concat();
+        assert_eq!(sealed_record_len(&both).unwrap(), a.len());
+        assert_eq!(sealed_record_len(&both[a.len()..]).unwrap(), b.len());
+        assert!(sealed_record_len(&a[..a.len() - 1]).is_err());
+        assert!(sealed_record_len(b"nope").is_err());
     }
 
     #[test]

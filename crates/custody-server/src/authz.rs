@@ -90,6 +90,8 @@ pub struct GateConfig {
     pub revoked: Arc<RevocationList>,
     /// Refusal counters.
     pub denials: Arc<Denials>,
+    /// The node, whose audit chain records every refusal.
+    pub node: crate::Node,
 }
 
 /// A refusal: the reason class (counted) and the message returned.
@@ -102,7 +104,7 @@ impl GateConfig {
     /// Identifies the caller of a request and checks it may call the RPC at `path`.
     fn admit<B>(&self, req: &http::Request<B>) -> Result<Caller, (Option<Caller>, Refusal)> {
         let caller = if self.mtls {
-            self.certificate_caller(req).map_err(|r| (None, r))?
+            self.certificate_caller(req)?
         } else {
             Caller::local(&self.listener)
         };
@@ -146,44 +148,57 @@ impl GateConfig {
         ))
     }
 
-    fn certificate_caller<B>(&self, req: &http::Request<B>) -> Result<Caller, Refusal> {
+    fn certificate_caller<B>(
+        &self,
+        req: &http::Request<B>,
+    ) -> Result<Caller, (Option<Caller>, Refusal)> {
         let certs = req
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(|i| i.peer_certs());
         let Some(leaf) = certs.as_ref().and_then(|c| c.first()) else {
-            return Err(Refusal {
-                kind: "no-certificate",
-                message: format!(
-                    "listener {} requires a client certificate (mutual TLS)",
-                    self.listener
-                ),
-            });
+            return Err((
+                None,
+                Refusal {
+                    kind: "no-certificate",
+                    message: format!(
+                        "listener {} requires a client certificate (mutual TLS)",
+                        self.listener
+                    ),
+                },
+            ));
         };
-        let id = CertIdentity::from_der(leaf.as_ref()).map_err(|message| Refusal {
-            kind: "bad-certificate",
-            message,
+        let id = CertIdentity::from_der(leaf.as_ref()).map_err(|message| {
+            (
+                None,
+                Refusal {
+                    kind: "bad-certificate",
+                    message,
+                },
+            )
         })?;
+        let caller = id.caller(&self.rules, &self.listener);
         match self.revoked.is_revoked(&id.serial) {
-            Ok(false) => {}
-            Ok(true) => {
-                return Err(Refusal {
+            Ok(false) => Ok(caller),
+            Ok(true) => Err((
+                Some(caller),
+                Refusal {
                     kind: "revoked",
                     message: format!(
                         "certificate of {} (serial {}) is revoked",
                         id.principal(),
                         id.serial
                     ),
-                })
-            }
-            Err(e) => {
-                return Err(Refusal {
+                },
+            )),
+            Err(e) => Err((
+                Some(caller),
+                Refusal {
                     kind: "revocation-list",
                     message: format!("{e}: refusing every certificate until it is readable"),
-                })
-            }
+                },
+            )),
         }
-        Ok(id.caller(&self.rules, &self.listener))
     }
 }
 
@@ -234,8 +249,20 @@ where
                     "refused: {}",
                     refusal.message
                 );
-                let response = Status::permission_denied(refusal.message).into_http();
-                Box::pin(async move { Ok(response) })
+                let caller = caller.unwrap_or_else(|| Caller {
+                    principal: "unidentified".to_string(),
+                    listener: c.listener.clone(),
+                    roles: Default::default(),
+                    cameras: crate::CameraScope::Only(Default::default()),
+                    serial: None,
+                });
+                let rpc = req.uri().path().trim_start_matches('/').to_string();
+                let node = c.node.clone();
+                let response = Status::permission_denied(refusal.message.clone()).into_http();
+                Box::pin(async move {
+                    node.audit_refusal(&caller, &rpc, &refusal.message).await;
+                    Ok(response)
+                })
             }
         }
     }

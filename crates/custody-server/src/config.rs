@@ -60,6 +60,30 @@ impl RetentionConfig {
     }
 }
 
+/// The audit chain. Field names are the `[audit]` config keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Reads are group-committed: their records reach the store at most this
+    /// many milliseconds after the request (a mutation's record is durable
+    /// before the mutation is acknowledged; a clean shutdown flushes).
+    pub flush_interval_ms: u64,
+    /// Most records in one batch object.
+    pub max_batch_records: usize,
+    /// Records waiting for the writer before requests wait for room.
+    pub queue_capacity: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            flush_interval_ms: 200,
+            max_batch_records: 1000,
+            queue_capacity: 10_000,
+        }
+    }
+}
+
 /// A gRPC service that a listener can expose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -76,17 +100,20 @@ pub enum ServiceKind {
     Retention,
     /// `custody.v1.NodeService`: listeners and refusal counts.
     Node,
+    /// `custody.v1.AuditService`: the audit log.
+    Audit,
 }
 
 impl ServiceKind {
     /// Every service.
-    pub const ALL: [ServiceKind; 6] = [
+    pub const ALL: [ServiceKind; 7] = [
         ServiceKind::Ingest,
         ServiceKind::Archive,
         ServiceKind::Policy,
         ServiceKind::Hold,
         ServiceKind::Retention,
         ServiceKind::Node,
+        ServiceKind::Audit,
     ];
 
     /// The fully qualified gRPC service name.
@@ -98,6 +125,7 @@ impl ServiceKind {
             ServiceKind::Hold => "custody.v1.HoldService",
             ServiceKind::Retention => "custody.v1.RetentionService",
             ServiceKind::Node => "custody.v1.NodeService",
+            ServiceKind::Audit => "custody.v1.AuditService",
         }
     }
 }
@@ -181,6 +209,8 @@ pub struct ServerConfig {
     pub retention: RetentionConfig,
     /// Identities and roles.
     pub auth: AuthConfig,
+    /// The audit chain.
+    pub audit: AuditConfig,
 }
 
 impl Default for ServerConfig {
@@ -198,6 +228,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             retention: RetentionConfig::default(),
             auth: AuthConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }

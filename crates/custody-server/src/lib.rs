@@ -5,6 +5,7 @@
 //! services over it, and the one mapping from domain errors to gRPC statuses.
 //! Binaries (`custodyd`) live in `custody-cli`.
 
+mod audit;
 pub mod authz;
 mod caller;
 mod config;
@@ -17,9 +18,11 @@ mod read;
 mod rebuild;
 mod retention;
 
+pub use audit::{AuditEvent, AuditLog};
 pub use caller::{Caller, CameraScope, Role};
 pub use config::{
-    AuthConfig, KeysConfig, ListenerConfig, ListenerTls, RetentionConfig, ServerConfig, ServiceKind,
+    AuditConfig, AuthConfig, KeysConfig, ListenerConfig, ListenerTls, RetentionConfig,
+    ServerConfig, ServiceKind,
 };
 pub use error::ServerError;
 pub use ingest::{IngestHeader, IngestPart, IngestReceipt};

@@ -11,6 +11,7 @@ use tracing::{info, warn};
 
 use crate::authz::Denials;
 use crate::identity::RevocationList;
+use crate::audit::{key_events, AuditEvent, AuditLog};
 use crate::retention::Retention;
 use crate::{AuthConfig, ServerConfig, ServerError};
 
@@ -24,6 +25,7 @@ pub struct Node {
     pub(crate) chunk_size: u32,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) retention: Arc<Retention>,
+    pub(crate) audit: AuditLog,
     inflight: Arc<Mutex<HashSet<SegmentId>>>,
     pub(crate) auth: Arc<AuthConfig>,
     pub(crate) denials: Arc<Denials>,
@@ -102,14 +104,23 @@ impl Node {
                 custody_crypto::MAX_CHUNK_SIZE
             )));
         }
+        let keyring = Arc::new(keyring);
+        let (audit, resumed) = AuditLog::start(
+            store.clone(),
+            keyring.clone(),
+            clock.clone(),
+            config.audit.clone(),
+        )
+        .await?;
         let node = Node {
             store,
             catalog,
-            keyring: Arc::new(keyring),
+            keyring,
             limits: config.limits.clone(),
             chunk_size: config.chunk_size,
             clock,
             retention: Arc::new(Retention::new(config.retention.clone())),
+            audit,
             inflight: Arc::new(Mutex::new(HashSet::new())),
             auth: Arc::new(config.auth.clone()),
             denials: Arc::new(Denials::default()),
@@ -120,6 +131,11 @@ impl Node {
         };
         node.load_retention().await?;
         node.recover_pending().await?;
+        let mut events = key_events(&node.keyring, resumed.head.as_ref());
+        let mut start = AuditEvent::node("node.start");
+        start.detail = format!("store {}", node.store.url());
+        events.push(start);
+        node.audit.record_durable(events).await?;
         Ok(node)
     }
 

@@ -692,14 +692,28 @@ impl Node {
                 .iter()
                 .map(|d| ObjectPath::from(d.object_key.as_str()))
                 .collect();
+            // Audited before anything goes: no deletion without its durable record.
+            self.audit
+                .record_durable(doomed.iter().map(deletion_event).collect())
+                .await?;
             let results = self.delete_objects(keys).await;
             let mut failure = None;
             let mut deleted = Vec::with_capacity(doomed.len());
+            let mut failed = Vec::new();
             for (d, r) in doomed.into_iter().zip(results) {
                 match r {
                     Ok(()) => deleted.push(d),
-                    Err(e) => failure = Some(e),
+                    Err(e) => {
+                        let mut ev = deletion_event(&d);
+                        ev.outcome = custody_audit::Outcome::Failed;
+                        ev.reason = e.to_string();
+                        failed.push(ev);
+                        failure = Some(e);
+                    }
                 }
+            }
+            if !failed.is_empty() {
+                self.audit.record_durable(failed).await?;
             }
             let ids: Vec<SegmentId> = deleted.iter().map(|d| d.segment_id).collect();
             self.catalog.delete_segments(&ids)?;
@@ -788,6 +802,18 @@ impl Node {
             }
         }))
     }
+}
+
+/// The audit record of one swept segment.
+fn deletion_event(d: &Deletion) -> crate::AuditEvent {
+    let mut e = crate::AuditEvent::node("sweep.delete");
+    e.cameras = vec![d.camera.to_string()];
+    e.segment = d.segment_id.to_string();
+    e.detail = format!(
+        "{} expired at {} under policy {} v{}; {} B, sha256 {}",
+        d.range, d.expired_at, d.policy_scope, d.policy_version, d.size, d.sha256
+    );
+    e
 }
 
 fn policy_error(e: custody_core::PolicyError) -> ServerError {

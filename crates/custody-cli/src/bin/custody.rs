@@ -117,6 +117,10 @@ enum Command {
     Certs {
         #[command(subcommand)]
         command: custody_cli::certs::CertsCommand,
+    /// The audit chain: list records, verify it offline, save its head.
+    Audit {
+        #[command(subcommand)]
+        command: custody_cli::audit::AuditCommand,
     },
     /// Key-encryption key files.
     Keys {
@@ -515,6 +519,7 @@ async fn main() -> Result<()> {
                 }
             }
         }
+        Command::Audit { command } => custody_cli::audit::audit(&client, command, cli.json).await?,
         Command::Keys {
             command: KeysCommand::Init { key_file },
         } => {

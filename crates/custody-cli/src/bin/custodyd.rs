@@ -120,10 +120,13 @@ async fn main() -> Result<()> {
             }
             info!(data_dir = %config.data_dir.display(), store = node.store().url(), "node ready");
             let sweeper = node.spawn_sweeper();
+            let audit = node.audit().clone();
             grpc::serve(node, bound, shutdown_signal()).await?;
             if let Some(s) = sweeper {
                 s.abort();
             }
+            // Group-committed read records reach the store before we exit.
+            audit.close().await?;
             info!("shut down cleanly");
         }
         Command::Catalog {
@@ -142,6 +145,7 @@ async fn main() -> Result<()> {
             for (key, why) in &report.failed {
                 println!("  FAILED {key}: {why}");
             }
+            node.audit().close().await?;
         }
         Command::Config => {
             print!(

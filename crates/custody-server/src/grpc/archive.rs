@@ -7,8 +7,9 @@ use custody_proto::v1 as pb;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use super::audit::{audited, range_detail, Durability, Target};
 use super::convert::{range, segment_info, to_proto_ts};
-use crate::{Node, OpenSegment, ServerError};
+use crate::{Caller, Node, OpenSegment, ServerError};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -35,10 +36,10 @@ impl ArchiveApi {
     }
 }
 
-#[tonic::async_trait]
-impl pb::archive_service_server::ArchiveService for ArchiveApi {
+/// The handlers proper; the trait methods below wrap each with its audit record.
+impl ArchiveApi {
     #[tracing::instrument(skip_all)]
-    async fn list_cameras(
+    async fn list_cameras_inner(
         &self,
         _request: Request<pb::ListCamerasRequest>,
     ) -> Result<Response<pb::ListCamerasResponse>, Status> {
@@ -60,7 +61,7 @@ impl pb::archive_service_server::ArchiveService for ArchiveApi {
     }
 
     #[tracing::instrument(skip_all, fields(peer = ?request.remote_addr()))]
-    async fn list_segments(
+    async fn list_segments_inner(
         &self,
         request: Request<pb::ListSegmentsRequest>,
     ) -> Result<Response<pb::ListSegmentsResponse>, Status> {
@@ -100,13 +101,11 @@ impl pb::archive_service_server::ArchiveService for ArchiveApi {
         }))
     }
 
-    type ReadSegmentStream = BoxStream<pb::ReadSegmentResponse>;
-
     #[tracing::instrument(skip_all, fields(peer = ?request.remote_addr()))]
-    async fn read_segment(
+    async fn read_segment_inner(
         &self,
         request: Request<pb::ReadSegmentRequest>,
-    ) -> Result<Response<Self::ReadSegmentStream>, Status> {
+    ) -> Result<Response<BoxStream<pb::ReadSegmentResponse>>, Status> {
         let r = request.into_inner();
         let id = SegmentId::parse(&r.segment_id).map_err(ServerError::from)?;
         let seg = self.node.open_segment(&id).await?;
@@ -142,13 +141,11 @@ impl pb::archive_service_server::ArchiveService for ArchiveApi {
         Ok(Response::new(Box::pin(out)))
     }
 
-    type ExportClipStream = BoxStream<pb::ExportClipResponse>;
-
     #[tracing::instrument(skip_all, fields(peer = ?request.remote_addr()))]
-    async fn export_clip(
+    async fn export_clip_inner(
         &self,
         request: Request<pb::ExportClipRequest>,
-    ) -> Result<Response<Self::ExportClipStream>, Status> {
+    ) -> Result<Response<BoxStream<pb::ExportClipResponse>>, Status> {
         let r = request.into_inner();
         let limits = self.node.limits();
         let camera = CameraId::parse(&r.camera_id).map_err(ServerError::from)?;
@@ -210,5 +207,107 @@ impl pb::archive_service_server::ArchiveService for ArchiveApi {
                 })
             });
         Ok(Response::new(Box::pin(out)))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::archive_service_server::ArchiveService for ArchiveApi {
+    async fn list_cameras(
+        &self,
+        request: Request<pb::ListCamerasRequest>,
+    ) -> Result<Response<pb::ListCamerasResponse>, Status> {
+        let caller = Caller::of(&request);
+        let result = self.list_cameras_inner(request).await;
+        let target = Target::default();
+        let p = caller.principal.clone();
+        audited(
+            &self.node,
+            &caller,
+            p,
+            "archive.list_cameras",
+            target,
+            Durability::Grouped,
+            result,
+        )
+        .await
+    }
+
+    async fn list_segments(
+        &self,
+        request: Request<pb::ListSegmentsRequest>,
+    ) -> Result<Response<pb::ListSegmentsResponse>, Status> {
+        let caller = Caller::of(&request);
+        let r = request.get_ref();
+        let mut target = Target::camera(&r.camera_id);
+        target.detail = format!("stream {:?} {}", r.stream, range_detail(&r.start, &r.end));
+        let result = self.list_segments_inner(request).await;
+        let p = caller.principal.clone();
+        audited(
+            &self.node,
+            &caller,
+            p,
+            "archive.list_segments",
+            target,
+            Durability::Grouped,
+            result,
+        )
+        .await
+    }
+
+    type ReadSegmentStream = BoxStream<pb::ReadSegmentResponse>;
+
+    async fn read_segment(
+        &self,
+        request: Request<pb::ReadSegmentRequest>,
+    ) -> Result<Response<Self::ReadSegmentStream>, Status> {
+        let caller = Caller::of(&request);
+        let r = request.get_ref();
+        let mut target = Target {
+            segment: r.segment_id.clone(),
+            detail: format!("offset {} length {}", r.offset, r.length),
+            ..Default::default()
+        };
+        if let Ok(Some(rec)) = SegmentId::parse(&r.segment_id)
+            .map_err(ServerError::from)
+            .and_then(|id| Ok(self.node.catalog().get(&id)?))
+        {
+            target.cameras = vec![rec.camera.to_string()];
+        }
+        let result = self.read_segment_inner(request).await;
+        let p = caller.principal.clone();
+        audited(
+            &self.node,
+            &caller,
+            p,
+            "archive.read_segment",
+            target,
+            Durability::Grouped,
+            result,
+        )
+        .await
+    }
+
+    type ExportClipStream = BoxStream<pb::ExportClipResponse>;
+
+    async fn export_clip(
+        &self,
+        request: Request<pb::ExportClipRequest>,
+    ) -> Result<Response<Self::ExportClipStream>, Status> {
+        let caller = Caller::of(&request);
+        let r = request.get_ref();
+        let mut target = Target::camera(&r.camera_id);
+        target.detail = format!("stream {:?} {}", r.stream, range_detail(&r.start, &r.end));
+        let result = self.export_clip_inner(request).await;
+        let p = caller.principal.clone();
+        audited(
+            &self.node,
+            &caller,
+            p,
+            "archive.export_clip",
+            target,
+            Durability::Grouped,
+            result,
+        )
+        .await
     }
 }

@@ -6,6 +6,7 @@ use custody_proto::v1::put_segment_request::Part;
 use futures::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::audit::{audited, range_detail, Durability, Target};
 use super::convert::{digest, range};
 use crate::{Caller, CameraScope, IngestHeader, IngestPart, Node, ServerError};
 
@@ -36,10 +37,39 @@ fn header(h: pb::SegmentHeader) -> Result<IngestHeader, ServerError> {
 
 #[tonic::async_trait]
 impl pb::ingest_service_server::IngestService for IngestApi {
-    #[tracing::instrument(skip_all, fields(peer = ?request.remote_addr()))]
     async fn put_segment(
         &self,
         request: Request<Streaming<pb::PutSegmentRequest>>,
+    ) -> Result<Response<pb::PutSegmentResponse>, Status> {
+        let caller = Caller::of(&request);
+        let mut target = Target::default();
+        let result = self.put_segment_inner(request, &mut target).await;
+        if let Ok(r) = &result {
+            target.segment = r.get_ref().segment_id.clone();
+            if r.get_ref().duplicate {
+                target.detail.push_str("; duplicate");
+            }
+        }
+        let p = caller.principal.clone();
+        audited(
+            &self.node,
+            &caller,
+            p,
+            "ingest.put_segment",
+            target,
+            Durability::Grouped,
+            result,
+        )
+        .await
+    }
+}
+
+impl IngestApi {
+    #[tracing::instrument(skip_all, fields(peer = ?request.remote_addr()))]
+    async fn put_segment_inner(
+        &self,
+        request: Request<Streaming<pb::PutSegmentRequest>>,
+        target: &mut Target,
     ) -> Result<Response<pb::PutSegmentResponse>, Status> {
         let caller = Caller::of(&request);
         let mut stream = request.into_inner();
@@ -47,7 +77,11 @@ impl pb::ingest_service_server::IngestService for IngestApi {
             Status::invalid_argument("empty upload: the first message must be a header")
         })??;
         let h = match first.part {
-            Some(Part::Header(h)) => header(h)?,
+            Some(Part::Header(h)) => {
+                *target = Target::camera(&h.camera_id);
+                target.detail = format!("stream {:?} {}", h.stream, range_detail(&h.start, &h.end));
+                header(h)?
+            }
             _ => {
                 return Err(Status::invalid_argument(
                     "the first message must be a header",

@@ -1,6 +1,7 @@
 //! The gRPC edge: wire ↔ domain conversion, the services, and serving them.
 
 mod archive;
+mod audit;
 mod convert;
 mod ingest;
 mod node;
@@ -8,6 +9,7 @@ mod retention;
 mod serve;
 
 pub use archive::ArchiveApi;
+pub use audit::AuditApi;
 pub use convert::{from_proto_ts, segment_info, to_proto_ts};
 pub use ingest::IngestApi;
 pub use node::NodeApi;

@@ -6,6 +6,7 @@ use custody_core::{
 use custody_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
+use super::audit::{audited, Durability, Target};
 use super::convert::{from_proto_ts, to_proto_ts};
 use crate::{Caller, HoldState, Node, ServerError};
 
@@ -119,10 +120,9 @@ fn hold_id(s: &str) -> Result<HoldId, ServerError> {
     Ok(HoldId::parse(s)?)
 }
 
-#[tonic::async_trait]
-impl pb::policy_service_server::PolicyService for RetentionApi {
+impl RetentionApi {
     #[tracing::instrument(skip_all, fields(peer = ?request.remote_addr()))]
-    async fn set_policy(
+    async fn set_policy_inner(
         &self,
         request: Request<pb::SetPolicyRequest>,
     ) -> Result<Response<pb::SetPolicyResponse>, Status> {
@@ -151,7 +151,7 @@ impl pb::policy_service_server::PolicyService for RetentionApi {
     }
 
     #[tracing::instrument(skip_all, fields(peer = ?request.remote_addr()))]
-    async fn get_policy(
+    async fn get_policy_inner(
         &self,
         request: Request<pb::GetPolicyRequest>,
     ) -> Result<Response<pb::PolicyVersion>, Status> {
@@ -165,7 +165,7 @@ impl pb::policy_service_server::PolicyService for RetentionApi {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn list_policies(
+    async fn list_policies_inner(
         &self,
         _request: Request<pb::ListPoliciesRequest>,
     ) -> Result<Response<pb::ListPoliciesResponse>, Status> {
@@ -175,7 +175,7 @@ impl pb::policy_service_server::PolicyService for RetentionApi {
     }
 
     #[tracing::instrument(skip_all, fields(peer = ?request.remote_addr()))]
-    async fn resolve_policy(
+    async fn resolve_policy_inner(
         &self,
         request: Request<pb::ResolvePolicyRequest>,
     ) -> Result<Response<pb::PolicyVersion>, Status> {
@@ -189,10 +189,9 @@ impl pb::policy_service_server::PolicyService for RetentionApi {
     }
 }
 
-#[tonic::async_trait]
-impl pb::hold_service_server::HoldService for RetentionApi {
+impl RetentionApi {
     #[tracing::instrument(skip_all, fields(peer = ?request.remote_addr()))]
-    async fn create_hold(
+    async fn create_hold_inner(
         &self,
         request: Request<pb::CreateHoldRequest>,
     ) -> Result<Response<pb::CreateHoldResponse>, Status> {
@@ -262,7 +261,7 @@ impl pb::hold_service_server::HoldService for RetentionApi {
     }
 
     #[tracing::instrument(skip_all, fields(peer = ?request.remote_addr()))]
-    async fn release_hold(
+    async fn release_hold_inner(
         &self,
         request: Request<pb::ReleaseHoldRequest>,
     ) -> Result<Response<pb::HoldRecord>, Status> {
@@ -285,7 +284,7 @@ impl pb::hold_service_server::HoldService for RetentionApi {
     }
 
     #[tracing::instrument(skip_all, fields(peer = ?request.remote_addr()))]
-    async fn get_hold(
+    async fn get_hold_inner(
         &self,
         request: Request<pb::GetHoldRequest>,
     ) -> Result<Response<pb::HoldRecord>, Status> {
@@ -294,7 +293,7 @@ impl pb::hold_service_server::HoldService for RetentionApi {
     }
 
     #[tracing::instrument(skip_all, fields(peer = ?request.remote_addr()))]
-    async fn list_holds(
+    async fn list_holds_inner(
         &self,
         request: Request<pb::ListHoldsRequest>,
     ) -> Result<Response<pb::ListHoldsResponse>, Status> {
@@ -305,10 +304,9 @@ impl pb::hold_service_server::HoldService for RetentionApi {
     }
 }
 
-#[tonic::async_trait]
-impl pb::retention_service_server::RetentionService for RetentionApi {
+impl RetentionApi {
     #[tracing::instrument(skip_all, fields(peer = ?request.remote_addr()))]
-    async fn sweep(
+    async fn sweep_inner(
         &self,
         request: Request<pb::SweepRequest>,
     ) -> Result<Response<pb::SweepResponse>, Status> {
@@ -336,5 +334,262 @@ impl pb::retention_service_server::RetentionService for RetentionApi {
             kept_by_hold: r.kept_by_hold,
             dry_run,
         }))
+    }
+}
+
+fn scope_target(s: &Option<pb::PolicyScope>) -> Target {
+    let s = s.clone().unwrap_or_default();
+    let mut t = Target::camera(&s.camera_id);
+    t.cameras.extend(s.group_cameras.iter().cloned());
+    t.detail = if !s.camera_id.is_empty() {
+        format!("scope camera {}", s.camera_id)
+    } else if !s.group.is_empty() {
+        format!("scope group {} prefix {:?}", s.group, s.group_prefix)
+    } else {
+        "scope default".to_string()
+    };
+    t
+}
+
+impl RetentionApi {
+    /// Records the outcome of one call and passes it on.
+    async fn audited<T>(
+        &self,
+        caller: &Caller,
+        claimed: &str,
+        action: &str,
+        target: Target,
+        durability: Durability,
+        result: Result<T, Status>,
+    ) -> Result<T, Status> {
+        let p = caller.recorded_principal(claimed);
+        audited(&self.node, caller, p, action, target, durability, result).await
+    }
+}
+
+#[tonic::async_trait]
+impl pb::policy_service_server::PolicyService for RetentionApi {
+    async fn set_policy(
+        &self,
+        request: Request<pb::SetPolicyRequest>,
+    ) -> Result<Response<pb::SetPolicyResponse>, Status> {
+        let caller = Caller::of(&request);
+        let r = request.get_ref();
+        let claimed = r.principal.clone();
+        let mut target = scope_target(&r.scope);
+        if let Some(p) = &r.policy {
+            target.detail.push_str(&format!(
+                "; retain_for {}s floor {:?} ceiling {:?} locked {}",
+                p.retain_for_secs, p.floor_secs, p.ceiling_secs, p.locked
+            ));
+        }
+        let result = self.set_policy_inner(request).await;
+        if let Ok(r) = &result {
+            if let Some(v) = &r.get_ref().policy {
+                target.detail.push_str(&format!("; version {}", v.version));
+            }
+        }
+        self.audited(
+            &caller,
+            &claimed,
+            "policy.set",
+            target,
+            Durability::Durable,
+            result,
+        )
+        .await
+    }
+
+    async fn get_policy(
+        &self,
+        request: Request<pb::GetPolicyRequest>,
+    ) -> Result<Response<pb::PolicyVersion>, Status> {
+        let caller = Caller::of(&request);
+        let target = scope_target(&request.get_ref().scope);
+        let result = self.get_policy_inner(request).await;
+        self.audited(
+            &caller,
+            "",
+            "policy.get",
+            target,
+            Durability::Grouped,
+            result,
+        )
+        .await
+    }
+
+    async fn list_policies(
+        &self,
+        request: Request<pb::ListPoliciesRequest>,
+    ) -> Result<Response<pb::ListPoliciesResponse>, Status> {
+        let caller = Caller::of(&request);
+        let result = self.list_policies_inner(request).await;
+        self.audited(
+            &caller,
+            "",
+            "policy.list",
+            Target::default(),
+            Durability::Grouped,
+            result,
+        )
+        .await
+    }
+
+    async fn resolve_policy(
+        &self,
+        request: Request<pb::ResolvePolicyRequest>,
+    ) -> Result<Response<pb::PolicyVersion>, Status> {
+        let caller = Caller::of(&request);
+        let target = Target::camera(&request.get_ref().camera_id);
+        let result = self.resolve_policy_inner(request).await;
+        self.audited(
+            &caller,
+            "",
+            "policy.resolve",
+            target,
+            Durability::Grouped,
+            result,
+        )
+        .await
+    }
+}
+
+#[tonic::async_trait]
+impl pb::hold_service_server::HoldService for RetentionApi {
+    async fn create_hold(
+        &self,
+        request: Request<pb::CreateHoldRequest>,
+    ) -> Result<Response<pb::CreateHoldResponse>, Status> {
+        let caller = Caller::of(&request);
+        let r = request.get_ref();
+        let claimed = r.principal.clone();
+        let mut target = Target {
+            cameras: if r.all_cameras {
+                vec!["*".to_string()]
+            } else {
+                r.camera_ids.clone()
+            },
+            detail: format!(
+                "case {:?} reason {:?} {}",
+                r.case_id,
+                r.reason,
+                super::audit::range_detail(&r.start, &r.end)
+            ),
+            ..Default::default()
+        };
+        let result = self.create_hold_inner(request).await;
+        if let Ok(r) = &result {
+            if let Some(h) = &r.get_ref().hold {
+                target.hold = h.hold_id.clone();
+            }
+        }
+        self.audited(
+            &caller,
+            &claimed,
+            "hold.create",
+            target,
+            Durability::Durable,
+            result,
+        )
+        .await
+    }
+
+    async fn release_hold(
+        &self,
+        request: Request<pb::ReleaseHoldRequest>,
+    ) -> Result<Response<pb::HoldRecord>, Status> {
+        let caller = Caller::of(&request);
+        let r = request.get_ref();
+        let claimed = r.principal.clone();
+        let mut target = Target {
+            hold: r.hold_id.clone(),
+            detail: format!("reason {:?}", r.reason),
+            ..Default::default()
+        };
+        let result = self.release_hold_inner(request).await;
+        if let Ok(r) = &result {
+            let h = r.get_ref();
+            target.cameras = if h.all_cameras {
+                vec!["*".to_string()]
+            } else {
+                h.camera_ids.clone()
+            };
+        }
+        self.audited(
+            &caller,
+            &claimed,
+            "hold.release",
+            target,
+            Durability::Durable,
+            result,
+        )
+        .await
+    }
+
+    async fn get_hold(
+        &self,
+        request: Request<pb::GetHoldRequest>,
+    ) -> Result<Response<pb::HoldRecord>, Status> {
+        let caller = Caller::of(&request);
+        let target = Target {
+            hold: request.get_ref().hold_id.clone(),
+            ..Default::default()
+        };
+        let result = self.get_hold_inner(request).await;
+        self.audited(&caller, "", "hold.get", target, Durability::Grouped, result)
+            .await
+    }
+
+    async fn list_holds(
+        &self,
+        request: Request<pb::ListHoldsRequest>,
+    ) -> Result<Response<pb::ListHoldsResponse>, Status> {
+        let caller = Caller::of(&request);
+        let target = Target {
+            detail: format!("include_released {}", request.get_ref().include_released),
+            ..Default::default()
+        };
+        let result = self.list_holds_inner(request).await;
+        self.audited(
+            &caller,
+            "",
+            "hold.list",
+            target,
+            Durability::Grouped,
+            result,
+        )
+        .await
+    }
+}
+
+#[tonic::async_trait]
+impl pb::retention_service_server::RetentionService for RetentionApi {
+    async fn sweep(
+        &self,
+        request: Request<pb::SweepRequest>,
+    ) -> Result<Response<pb::SweepResponse>, Status> {
+        let caller = Caller::of(&request);
+        let dry_run = request.get_ref().dry_run;
+        let result = self.sweep_inner(request).await;
+        let target = Target {
+            detail: match &result {
+                Ok(r) => format!(
+                    "dry_run {dry_run}; {} deleted, {} kept by hold",
+                    r.get_ref().deleted.len(),
+                    r.get_ref().kept_by_hold
+                ),
+                Err(_) => format!("dry_run {dry_run}"),
+            },
+            ..Default::default()
+        };
+        self.audited(
+            &caller,
+            "",
+            "retention.sweep",
+            target,
+            Durability::Durable,
+            result,
+        )
+        .await
     }
 }

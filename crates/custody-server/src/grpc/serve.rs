@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use custody_proto::v1::archive_service_server::ArchiveServiceServer;
+use custody_proto::v1::audit_service_server::AuditServiceServer;
 use custody_proto::v1::hold_service_server::HoldServiceServer;
 use custody_proto::v1::ingest_service_server::IngestServiceServer;
 use custody_proto::v1::node_service_server::NodeServiceServer;
@@ -18,7 +19,7 @@ use tonic::service::RoutesBuilder;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::info;
 
-use super::{ArchiveApi, IngestApi, NodeApi, RetentionApi};
+use super::{ArchiveApi, AuditApi, IngestApi, NodeApi, RetentionApi};
 use crate::authz::{Gate, GateConfig};
 use crate::{ListenerConfig, Node, ServerError, ServiceKind};
 
@@ -145,6 +146,10 @@ async fn routes(
                 routes.add_service(NodeServiceServer::new(status.clone()));
                 reporter.set_serving::<NodeServiceServer<NodeApi>>().await;
             }
+            ServiceKind::Audit => {
+                routes.add_service(AuditServiceServer::new(AuditApi::new(node.clone())));
+                reporter.set_serving::<AuditServiceServer<AuditApi>>().await;
+            }
         }
     }
     let reflection_err = |e| ServerError::Internal(format!("reflection: {e}"));
@@ -179,6 +184,7 @@ pub async fn serve(
             rules: node.auth.rules.clone(),
             revoked: node.revoked.clone(),
             denials: node.denials.clone(),
+            node: node.clone(),
         });
         let mut server = tonic::transport::Server::builder();
         if let Some(tls) = b.tls {
