@@ -58,6 +58,26 @@ impl RetentionConfig {
     }
 }
 
+/// Compliance reports. Field names are the `[compliance]` config keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ComplianceConfig {
+    /// A hole longer than this between consecutive segments of a camera
+    /// stream is reported as a recording gap, in seconds.
+    pub gap_tolerance_secs: u64,
+    /// Segment objects a report reads at once.
+    pub scan_concurrency: usize,
+}
+
+impl Default for ComplianceConfig {
+    fn default() -> Self {
+        ComplianceConfig {
+            gap_tolerance_secs: 2,
+            scan_concurrency: 32,
+        }
+    }
+}
+
 /// A gRPC service that a listener can expose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -72,16 +92,22 @@ pub enum ServiceKind {
     Hold,
     /// `custody.v1.RetentionService`: sweeps.
     Retention,
+    /// `custody.v1.ComplianceService`: compliance reports.
+    Compliance,
+    /// `custody.v1.EvidenceService`: signed evidence bundles.
+    Evidence,
 }
 
 impl ServiceKind {
     /// Every service.
-    pub const ALL: [ServiceKind; 5] = [
+    pub const ALL: [ServiceKind; 7] = [
         ServiceKind::Ingest,
         ServiceKind::Archive,
         ServiceKind::Policy,
         ServiceKind::Hold,
         ServiceKind::Retention,
+        ServiceKind::Compliance,
+        ServiceKind::Evidence,
     ];
 
     /// The fully qualified gRPC service name.
@@ -92,6 +118,8 @@ impl ServiceKind {
             ServiceKind::Policy => "custody.v1.PolicyService",
             ServiceKind::Hold => "custody.v1.HoldService",
             ServiceKind::Retention => "custody.v1.RetentionService",
+            ServiceKind::Compliance => "custody.v1.ComplianceService",
+            ServiceKind::Evidence => "custody.v1.EvidenceService",
         }
     }
 }
@@ -132,6 +160,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Retention enforcement.
     pub retention: RetentionConfig,
+    /// Compliance reports.
+    pub compliance: ComplianceConfig,
 }
 
 impl Default for ServerConfig {
@@ -148,6 +178,7 @@ impl Default for ServerConfig {
             },
             limits: Limits::default(),
             retention: RetentionConfig::default(),
+            compliance: ComplianceConfig::default(),
         }
     }
 }
@@ -164,6 +195,14 @@ impl ServerConfig {
             .key_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("keys").join("keyring.toml"))
+    }
+
+    /// The node's Ed25519 evidence-signing key: `signing-ed25519.key` next
+    /// to the key file (created with mode 0600 on first start).
+    pub fn signing_key_file(&self) -> PathBuf {
+        self.key_file()
+            .parent()
+            .map_or_else(|| PathBuf::from("signing-ed25519.key"), |d| d.join("signing-ed25519.key"))
     }
 
     /// The listeners to open: `listeners`, or one loopback listener on

@@ -6,8 +6,10 @@
 //! Binaries (`custodyd`) live in `custody-cli`.
 
 mod caller;
+mod compliance;
 mod config;
 mod error;
+mod evidence;
 pub mod grpc;
 mod ingest;
 mod node;
@@ -16,8 +18,13 @@ mod rebuild;
 mod retention;
 
 pub use caller::{Caller, CameraScope, Role};
-pub use config::{KeysConfig, ListenerConfig, RetentionConfig, ServerConfig, ServiceKind};
+pub use config::{ComplianceConfig, KeysConfig, ListenerConfig, RetentionConfig, ServerConfig, ServiceKind};
+pub use compliance::{
+    AuditStatus, CameraCompliance, ComplianceReport, ScanProgress, Violation, ViolationKind,
+    ViolationSegment,
+};
 pub use error::ServerError;
+pub use evidence::{signing_key_path, BundlePart, EvidenceScope};
 pub use ingest::{IngestHeader, IngestPart, IngestReceipt};
 pub use node::{load_keyring, Node};
 pub use read::{OpenSegment, DEFAULT_READ_PIECE};

@@ -5,12 +5,12 @@ use std::sync::{Arc, Mutex};
 
 use custody_catalog::Catalog;
 use custody_core::{Clock, Limits, SegmentId, SystemClock};
-use custody_crypto::Keyring;
+use custody_crypto::{Keyring, SigningKey};
 use custody_store::{ObjectPath, Store, StoreError};
 use tracing::{info, warn};
 
 use crate::retention::Retention;
-use crate::{ServerConfig, ServerError};
+use crate::{ComplianceConfig, ServerConfig, ServerError};
 
 /// One Custody node. Cheap to clone; clones share everything.
 #[derive(Clone)]
@@ -22,6 +22,9 @@ pub struct Node {
     pub(crate) chunk_size: u32,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) retention: Arc<Retention>,
+    pub(crate) compliance: ComplianceConfig,
+    /// Signs evidence manifests.
+    pub(crate) signing: Arc<SigningKey>,
     inflight: Arc<Mutex<HashSet<SegmentId>>>,
 }
 
@@ -71,6 +74,13 @@ impl Node {
             ServerError::FailedPrecondition(format!("data dir {}: {e}", config.data_dir.display()))
         })?;
         let keyring = load_keyring(config)?;
+        let signing_path = config.signing_key_file();
+        let signing = SigningKey::load_or_create(&signing_path).map_err(|e| {
+            ServerError::FailedPrecondition(format!(
+                "signing key file {}: {e}",
+                signing_path.display()
+            ))
+        })?;
         let catalog = Catalog::open(&config.catalog_dir())?;
         // A local store directory that vanished (an unmounted disk) must not
         // be recreated empty under a catalog that still indexes footage.
@@ -105,10 +115,15 @@ impl Node {
             chunk_size: config.chunk_size,
             clock,
             retention: Arc::new(Retention::new(config.retention.clone())),
+            compliance: config.compliance.clone(),
+            signing: Arc::new(signing),
             inflight: Arc::new(Mutex::new(HashSet::new())),
         };
         node.load_retention().await?;
         node.recover_pending().await?;
+        if let Err(e) = node.publish_signing_key().await {
+            warn!(error = %e, "could not publish the evidence signing key; will retry on export");
+        }
         Ok(node)
     }
 

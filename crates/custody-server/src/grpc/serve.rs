@@ -5,6 +5,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use custody_proto::v1::archive_service_server::ArchiveServiceServer;
+use custody_proto::v1::compliance_service_server::ComplianceServiceServer;
+use custody_proto::v1::evidence_service_server::EvidenceServiceServer;
 use custody_proto::v1::hold_service_server::HoldServiceServer;
 use custody_proto::v1::ingest_service_server::IngestServiceServer;
 use custody_proto::v1::policy_service_server::PolicyServiceServer;
@@ -14,7 +16,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::RoutesBuilder;
 use tracing::info;
 
-use super::{ArchiveApi, IngestApi, RetentionApi};
+use super::{ArchiveApi, ComplianceApi, EvidenceApi, IngestApi, RetentionApi};
 use crate::{ListenerConfig, Node, ServerError, ServiceKind};
 
 /// HTTP/2 flow-control window per stream.
@@ -105,6 +107,24 @@ async fn routes(node: &Node, services: &[ServiceKind]) -> Result<RoutesBuilder, 
                 routes.add_service(RetentionServiceServer::new(retention.clone()));
                 reporter
                     .set_serving::<RetentionServiceServer<RetentionApi>>()
+                    .await;
+            }
+            ServiceKind::Compliance => {
+                routes.add_service(
+                    ComplianceServiceServer::new(ComplianceApi::new(node.clone()))
+                        .max_encoding_message_size(max),
+                );
+                reporter
+                    .set_serving::<ComplianceServiceServer<ComplianceApi>>()
+                    .await;
+            }
+            ServiceKind::Evidence => {
+                routes.add_service(
+                    EvidenceServiceServer::new(EvidenceApi::new(node.clone()))
+                        .max_encoding_message_size(max),
+                );
+                reporter
+                    .set_serving::<EvidenceServiceServer<EvidenceApi>>()
                     .await;
             }
         }
