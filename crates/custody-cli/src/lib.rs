@@ -6,6 +6,8 @@
 //! thin `main` functions over it and over `custody-server`.
 
 pub mod client;
+pub mod compliance;
+pub mod evidence;
 pub mod output;
 pub mod retention;
 pub mod watch;

@@ -206,7 +206,11 @@ pub(crate) fn kind_of(presence: Presence, s: &Standing) -> Option<ViolationKind>
 }
 
 fn plus_secs(t: Timestamp, secs: u64) -> Timestamp {
-    t.saturating_add_nanos(i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1_000_000_000))
+    t.saturating_add_nanos(
+        i64::try_from(secs)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1_000_000_000),
+    )
 }
 
 /// Judges segments against a snapshot of policies and holds at `as_of`.
@@ -377,13 +381,12 @@ fn detail_of(kind: ViolationKind, s: &Standing, why: Option<&str>) -> String {
             "held, but its object fails authentication: {}",
             why.unwrap_or("")
         ),
-        ViolationKind::Corrupt => format!(
-            "object fails authentication: {}",
-            why.unwrap_or("")
-        ),
+        ViolationKind::Corrupt => format!("object fails authentication: {}", why.unwrap_or("")),
         ViolationKind::UnindexedObject => "segment object without an index entry".into(),
         ViolationKind::MissingObject => "index entry without an object in the store".into(),
-        ViolationKind::ForeignObject => "object under segments/ whose key is not a segment key".into(),
+        ViolationKind::ForeignObject => {
+            "object under segments/ whose key is not a segment key".into()
+        }
     }
 }
 
@@ -769,8 +772,14 @@ mod tests {
         let s = j.standing(&cam, &seg);
         assert!(!s.overdue && s.hold_ids.len() == 1);
         assert_eq!(kind_of(Presence::Intact { indexed: true }, &s), None);
-        assert_eq!(kind_of(Presence::Missing, &s), Some(ViolationKind::HeldMissing));
-        assert_eq!(kind_of(Presence::Corrupt, &s), Some(ViolationKind::HeldCorrupt));
+        assert_eq!(
+            kind_of(Presence::Missing, &s),
+            Some(ViolationKind::HeldMissing)
+        );
+        assert_eq!(
+            kind_of(Presence::Corrupt, &s),
+            Some(ViolationKind::HeldCorrupt)
+        );
         // Released at 4000: due from max(expiry, release) + bound = 4030.
         let released = crate::HoldState {
             release: Some(Release {
@@ -781,7 +790,15 @@ mod tests {
             }),
             ..active
         };
-        let at = |as_of| Judge::new(book(None), Duration::ZERO, 30, t(as_of), &[released.clone()]);
+        let at = |as_of| {
+            Judge::new(
+                book(None),
+                Duration::ZERO,
+                30,
+                t(as_of),
+                &[released.clone()],
+            )
+        };
         assert!(at(3990).standing(&cam, &seg).hold_ids.len() == 1);
         assert!(!at(4030).standing(&cam, &seg).overdue);
         assert!(at(4031).standing(&cam, &seg).overdue);

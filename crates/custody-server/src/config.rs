@@ -200,9 +200,10 @@ impl ServerConfig {
     /// The node's Ed25519 evidence-signing key: `signing-ed25519.key` next
     /// to the key file (created with mode 0600 on first start).
     pub fn signing_key_file(&self) -> PathBuf {
-        self.key_file()
-            .parent()
-            .map_or_else(|| PathBuf::from("signing-ed25519.key"), |d| d.join("signing-ed25519.key"))
+        self.key_file().parent().map_or_else(
+            || PathBuf::from("signing-ed25519.key"),
+            |d| d.join("signing-ed25519.key"),
+        )
     }
 
     /// The listeners to open: `listeners`, or one loopback listener on

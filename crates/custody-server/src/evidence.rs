@@ -184,8 +184,15 @@ impl Node {
     async fn evidence_segments(
         &self,
         scope: &EvidenceScope,
-    ) -> Result<(Vec<SegmentRecord>, Option<HoldState>, Vec<CameraId>, TimeRange), ServerError>
-    {
+    ) -> Result<
+        (
+            Vec<SegmentRecord>,
+            Option<HoldState>,
+            Vec<CameraId>,
+            TimeRange,
+        ),
+        ServerError,
+    > {
         match scope {
             EvidenceScope::Hold(id) => {
                 let state = self.hold(id).await?;

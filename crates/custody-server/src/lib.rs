@@ -18,10 +18,12 @@ mod rebuild;
 mod retention;
 
 pub use caller::{Caller, CameraScope, Role};
-pub use config::{ComplianceConfig, KeysConfig, ListenerConfig, RetentionConfig, ServerConfig, ServiceKind};
 pub use compliance::{
     AuditStatus, CameraCompliance, ComplianceReport, ScanProgress, Violation, ViolationKind,
     ViolationSegment,
+};
+pub use config::{
+    ComplianceConfig, KeysConfig, ListenerConfig, RetentionConfig, ServerConfig, ServiceKind,
 };
 pub use error::ServerError;
 pub use evidence::{signing_key_path, BundlePart, EvidenceScope};

@@ -98,6 +98,16 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Retention compliance reports computed from the store.
+    Compliance {
+        #[command(subcommand)]
+        command: custody_cli::compliance::ComplianceCommand,
+    },
+    /// Signed evidence bundles: export, and verify offline.
+    Evidence {
+        #[command(subcommand)]
+        command: custody_cli::evidence::EvidenceCommand,
+    },
     /// Key-encryption key files.
     Keys {
         #[command(subcommand)]
@@ -444,6 +454,12 @@ async fn main() -> Result<()> {
         }
         Command::Sweep { dry_run } => {
             custody_cli::retention::sweep(&client, dry_run, cli.json).await?
+        }
+        Command::Compliance { command } => {
+            custody_cli::compliance::compliance(&client, command, cli.json).await?
+        }
+        Command::Evidence { command } => {
+            custody_cli::evidence::evidence(&client, command, cli.json).await?
         }
         Command::Keys {
             command: KeysCommand::Init { key_file },

@@ -111,11 +111,13 @@ pub fn report_to_proto(r: &ComplianceReport) -> pb::ComplianceReport {
 
 fn progress_msg(p: ScanProgress) -> pb::RunReportResponse {
     pb::RunReportResponse {
-        event: Some(pb::run_report_response::Event::Progress(pb::ReportProgress {
-            scanned: p.scanned,
-            total: p.total,
-            bytes_read: p.bytes_read,
-        })),
+        event: Some(pb::run_report_response::Event::Progress(
+            pb::ReportProgress {
+                scanned: p.scanned,
+                total: p.total,
+                bytes_read: p.bytes_read,
+            },
+        )),
     }
 }
 
@@ -140,7 +142,12 @@ impl pb::compliance_service_server::ComplianceService for ComplianceApi {
             .as_of
             .map(|t| from_proto_ts(Some(t), "as_of"))
             .transpose()?;
-        info!(principal = caller.principal, cameras = cameras.len(), deep = r.deep, "compliance report");
+        info!(
+            principal = caller.principal,
+            cameras = cameras.len(),
+            deep = r.deep,
+            "compliance report"
+        );
         let (tx, rx) = tokio::sync::mpsc::channel(PROGRESS_BUFFER);
         let node = self.node.clone();
         tokio::spawn(async move {
@@ -152,9 +159,13 @@ impl pb::compliance_service_server::ComplianceService for ComplianceApi {
             let result = node
                 .compliance_report(&cameras, as_of, r.deep, &progress)
                 .await;
-            let msg = result.map_err(Status::from).map(|rep| pb::RunReportResponse {
-                event: Some(pb::run_report_response::Event::Report(report_to_proto(&rep))),
-            });
+            let msg = result
+                .map_err(Status::from)
+                .map(|rep| pb::RunReportResponse {
+                    event: Some(pb::run_report_response::Event::Report(report_to_proto(
+                        &rep,
+                    ))),
+                });
             let _ = tx.send(msg).await;
         });
         Ok(Response::new(Box::pin(
