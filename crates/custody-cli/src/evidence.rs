@@ -75,7 +75,9 @@ async fn export(client: &Client, req: pb::ExportEvidenceRequest, out: &Path) -> 
     if out.exists() {
         bail!("{} exists; give a new directory", out.display());
     }
-    let partial = out.with_extension("partial");
+    let mut partial = out.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
     if partial.exists() {
         std::fs::remove_dir_all(&partial)
             .with_context(|| format!("removing {}", partial.display()))?;

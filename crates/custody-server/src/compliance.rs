@@ -464,6 +464,14 @@ impl Node {
             }
         }
         let index_entries = index.len() as u64;
+        // Uploads in flight (or interrupted, resolved at the next start) have
+        // an object and no index entry yet: not a violation.
+        let in_flight: HashSet<SegmentId> = self
+            .catalog
+            .pending()?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
 
         let total = objects.len() as u64;
         let mut done = ScanProgress {
@@ -503,6 +511,9 @@ impl Node {
                 continue;
             };
             seen.insert(key.segment_id);
+            if in_flight.contains(&key.segment_id) {
+                continue;
+            }
             let entry = index.get(&key.segment_id);
             // Compare with the index: the size (and in deep mode the digest) must agree.
             let check = ex.check.and_then(|(len, sha)| match entry {
@@ -768,7 +779,13 @@ mod tests {
             hold: hold(1005, 1006),
             release: None,
         };
-        let j = Judge::new(book(None), Duration::ZERO, 30, t(5000), &[active.clone()]);
+        let j = Judge::new(
+            book(None),
+            Duration::ZERO,
+            30,
+            t(5000),
+            std::slice::from_ref(&active),
+        );
         let s = j.standing(&cam, &seg);
         assert!(!s.overdue && s.hold_ids.len() == 1);
         assert_eq!(kind_of(Presence::Intact { indexed: true }, &s), None);
@@ -796,7 +813,7 @@ mod tests {
                 Duration::ZERO,
                 30,
                 t(as_of),
-                &[released.clone()],
+                std::slice::from_ref(&released),
             )
         };
         assert!(at(3990).standing(&cam, &seg).hold_ids.len() == 1);

@@ -156,9 +156,11 @@ impl pb::compliance_service_server::ComplianceService for ComplianceApi {
                 // Progress is advisory: skipped while the client lags.
                 let _ = progress_tx.try_send(Ok(progress_msg(p)));
             };
-            let result = node
-                .compliance_report(&cameras, as_of, r.deep, &progress)
-                .await;
+            // A client that hangs up cancels the scan.
+            let result = tokio::select! {
+                r = node.compliance_report(&cameras, as_of, r.deep, &progress) => r,
+                () = tx.closed() => return,
+            };
             let msg = result
                 .map_err(Status::from)
                 .map(|rep| pb::RunReportResponse {
