@@ -480,13 +480,19 @@ impl Node {
         };
         progress(done);
         let concurrency = self.compliance.scan_concurrency.max(1);
+        // Each object on its own task, so header and chunk authentication
+        // spread over the runtime's threads.
         let mut results = futures::stream::iter(objects)
-            .map(|info| self.examine(info, deep))
+            .map(|info| {
+                let node = self.clone();
+                tokio::spawn(async move { node.examine(info, deep).await })
+            })
             .buffer_unordered(concurrency);
         let mut tally = Tally::default();
         let mut seen: HashSet<SegmentId> = HashSet::new();
         let mut last_report = std::time::Instant::now();
         while let Some(ex) = results.next().await {
+            let ex = ex.map_err(|e| ServerError::Internal(format!("scan task: {e}")))?;
             done.scanned += 1;
             done.bytes_read += ex.bytes_read;
             if last_report.elapsed() >= PROGRESS_EVERY || done.scanned == total {

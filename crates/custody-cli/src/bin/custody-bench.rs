@@ -554,6 +554,16 @@ async fn report_bench(a: ReportArgs) -> Result<()> {
     let populated = populate_started.elapsed();
     let no_progress = |_: custody_server::ScanProgress| {};
 
+    // The listing alone, which every report starts with.
+    let started = Instant::now();
+    let mut listed = 0u64;
+    let mut list = node.store().list(&custody_store::layout::segments_prefix());
+    while let Some(o) = futures::StreamExt::next(&mut list).await {
+        o?;
+        listed += 1;
+    }
+    let list_took = started.elapsed();
+
     // Header mode over everything (the deep camera's headers too).
     let started = Instant::now();
     let header = node
@@ -606,6 +616,7 @@ async fn report_bench(a: ReportArgs) -> Result<()> {
         header.bytes_read,
         header_took,
     );
+    row("store listing only (part of the above)", listed, 0, list_took);
     row(
         "raw: open + read 1 KiB of each small file",
         raw_n,
