@@ -616,7 +616,12 @@ async fn report_bench(a: ReportArgs) -> Result<()> {
         header.bytes_read,
         header_took,
     );
-    row("store listing only (part of the above)", listed, 0, list_took);
+    row(
+        "store listing only (part of the above)",
+        listed,
+        0,
+        list_took,
+    );
     row(
         "raw: open + read 1 KiB of each small file",
         raw_n,
