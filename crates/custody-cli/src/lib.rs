@@ -5,9 +5,11 @@
 //! or JSON output. The binaries `custodyd`, `custody` and `custody-bench` are
 //! thin `main` functions over it and over `custody-server`.
 
-pub mod certs;
 pub mod audit;
+pub mod certs;
 pub mod client;
+pub mod compliance;
+pub mod evidence;
 pub mod output;
 pub mod retention;
 pub mod watch;

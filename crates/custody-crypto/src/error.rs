@@ -109,4 +109,10 @@ pub enum CryptoError {
         /// The kind in the record.
         found: String,
     },
+    /// An Ed25519 signature that does not verify under the given public key.
+    #[error("signature does not verify: {0}")]
+    BadSignature(String),
+    /// A public key that is not an Ed25519 key in PEM (SubjectPublicKeyInfo).
+    #[error("invalid Ed25519 public key: {0}")]
+    InvalidPublicKey(String),
 }

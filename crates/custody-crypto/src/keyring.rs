@@ -349,7 +349,7 @@ fn decode_key(hex_key: &str) -> Result<[u8; 32], String> {
     Ok(key)
 }
 
-fn io_err(path: &Path) -> impl Fn(std::io::Error) -> CryptoError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl Fn(std::io::Error) -> CryptoError + '_ {
     move |source| CryptoError::KeyFileIo {
         path: path.to_path_buf(),
         source,
@@ -357,7 +357,7 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> CryptoError + '_ {
 }
 
 /// The directory holding `path` (`.` for a bare file name).
-fn parent_dir(path: &Path) -> &Path {
+pub(crate) fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -365,7 +365,7 @@ fn parent_dir(path: &Path) -> &Path {
 }
 
 #[cfg(unix)]
-fn check_private(path: &Path, md: &std::fs::Metadata) -> Result<(), CryptoError> {
+pub(crate) fn check_private(path: &Path, md: &std::fs::Metadata) -> Result<(), CryptoError> {
     use std::os::unix::fs::PermissionsExt;
     let mode = md.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
@@ -378,11 +378,11 @@ fn check_private(path: &Path, md: &std::fs::Metadata) -> Result<(), CryptoError>
 }
 
 #[cfg(not(unix))]
-fn check_private(_path: &Path, _md: &std::fs::Metadata) -> Result<(), CryptoError> {
+pub(crate) fn check_private(_path: &Path, _md: &std::fs::Metadata) -> Result<(), CryptoError> {
     Ok(())
 }
 
-fn open_private_new(path: &Path) -> std::io::Result<File> {
+pub(crate) fn open_private_new(path: &Path) -> std::io::Result<File> {
     let mut opts = OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -393,7 +393,7 @@ fn open_private_new(path: &Path) -> std::io::Result<File> {
     opts.open(path)
 }
 
-fn create_private_dir(dir: &Path) -> Result<(), CryptoError> {
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), CryptoError> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
@@ -405,7 +405,7 @@ fn create_private_dir(dir: &Path) -> Result<(), CryptoError> {
 }
 
 /// Makes a rename or create in `dir` durable.
-fn sync_dir(dir: &Path) -> Result<(), CryptoError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), CryptoError> {
     #[cfg(unix)]
     {
         File::open(dir)

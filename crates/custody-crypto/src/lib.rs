@@ -6,6 +6,8 @@
 //!   data key wrapped by a KEK, chunked AES-256-GCM in the STREAM
 //!   construction, authenticated footer), streaming encryption and
 //!   random-access or streaming decryption.
+//! - [`signing`]: the node's Ed25519 signing key (evidence bundles), its
+//!   0600 key file, and offline verification with the public key in PEM.
 //! - [`record`]: small plaintext records (holds, policies, audit) sealed with
 //!   a key derived from a KEK.
 //!
@@ -19,6 +21,7 @@ pub mod container;
 mod error;
 pub mod keyring;
 pub mod record;
+pub mod signing;
 
 pub use container::{
     decrypt_all, open_prefix_len, Encryptor, OpenedSegment, SegmentFooter, SegmentMeta,
@@ -28,3 +31,4 @@ pub use container::{
 pub use error::CryptoError;
 pub use keyring::{Kek, KeyId, Keyring};
 pub use record::{open_record, seal_record, sealed_record_len};
+pub use signing::{verify_signature, SigningKey};

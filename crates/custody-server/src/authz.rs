@@ -41,6 +41,10 @@ pub fn allowed_roles(rpc: &str) -> Option<&'static [Role]> {
         }
         "custody.v1.RetentionService/Sweep" => &[Admin],
         "custody.v1.NodeService/GetStatus" => &[Auditor, Admin],
+        "custody.v1.AuditService/ListAuditRecords" => &[Auditor],
+        "custody.v1.AuditService/VerifyAuditChain" => &[Auditor, Admin],
+        "custody.v1.ComplianceService/RunReport" => &[Auditor, Admin],
+        "custody.v1.EvidenceService/ExportEvidence" => &[Investigator],
         _ => return None,
     })
 }
@@ -100,9 +104,19 @@ struct Refusal {
     message: String,
 }
 
+/// A refused request: who (when known) and why.
+struct Denial {
+    caller: Option<Caller>,
+    refusal: Refusal,
+}
+
+fn deny(caller: Option<Caller>, refusal: Refusal) -> Box<Denial> {
+    Box::new(Denial { caller, refusal })
+}
+
 impl GateConfig {
     /// Identifies the caller of a request and checks it may call the RPC at `path`.
-    fn admit<B>(&self, req: &http::Request<B>) -> Result<Caller, (Option<Caller>, Refusal)> {
+    fn admit<B>(&self, req: &http::Request<B>) -> Result<Caller, Box<Denial>> {
         let caller = if self.mtls {
             self.certificate_caller(req)?
         } else {
@@ -116,7 +130,7 @@ impl GateConfig {
             return Ok(caller);
         }
         let Some(allowed) = allowed_roles(rpc) else {
-            return Err((
+            return Err(deny(
                 Some(caller),
                 Refusal {
                     kind: "unknown-rpc",
@@ -139,7 +153,7 @@ impl GateConfig {
             },
             need.join(", ")
         );
-        Err((
+        Err(deny(
             Some(caller),
             Refusal {
                 kind: "role",
@@ -148,16 +162,13 @@ impl GateConfig {
         ))
     }
 
-    fn certificate_caller<B>(
-        &self,
-        req: &http::Request<B>,
-    ) -> Result<Caller, (Option<Caller>, Refusal)> {
+    fn certificate_caller<B>(&self, req: &http::Request<B>) -> Result<Caller, Box<Denial>> {
         let certs = req
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(|i| i.peer_certs());
         let Some(leaf) = certs.as_ref().and_then(|c| c.first()) else {
-            return Err((
+            return Err(deny(
                 None,
                 Refusal {
                     kind: "no-certificate",
@@ -169,7 +180,7 @@ impl GateConfig {
             ));
         };
         let id = CertIdentity::from_der(leaf.as_ref()).map_err(|message| {
-            (
+            deny(
                 None,
                 Refusal {
                     kind: "bad-certificate",
@@ -180,7 +191,7 @@ impl GateConfig {
         let caller = id.caller(&self.rules, &self.listener);
         match self.revoked.is_revoked(&id.serial) {
             Ok(false) => Ok(caller),
-            Ok(true) => Err((
+            Ok(true) => Err(deny(
                 Some(caller),
                 Refusal {
                     kind: "revoked",
@@ -191,7 +202,7 @@ impl GateConfig {
                     ),
                 },
             )),
-            Err(e) => Err((
+            Err(e) => Err(deny(
                 Some(caller),
                 Refusal {
                     kind: "revocation-list",
@@ -237,7 +248,8 @@ where
                 let fut = self.inner.call(req);
                 Box::pin(fut)
             }
-            Err((caller, refusal)) => {
+            Err(denial) => {
+                let Denial { caller, refusal } = *denial;
                 let c = &self.config;
                 let n = c.denials.count(&c.listener, refusal.kind);
                 warn!(

@@ -84,6 +84,26 @@ impl Default for AuditConfig {
     }
 }
 
+/// Compliance reports. Field names are the `[compliance]` config keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ComplianceConfig {
+    /// A hole longer than this between consecutive segments of a camera
+    /// stream is reported as a recording gap, in seconds.
+    pub gap_tolerance_secs: u64,
+    /// Segment objects a report reads at once.
+    pub scan_concurrency: usize,
+}
+
+impl Default for ComplianceConfig {
+    fn default() -> Self {
+        ComplianceConfig {
+            gap_tolerance_secs: 2,
+            scan_concurrency: 32,
+        }
+    }
+}
+
 /// A gRPC service that a listener can expose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -102,11 +122,15 @@ pub enum ServiceKind {
     Node,
     /// `custody.v1.AuditService`: the audit log.
     Audit,
+    /// `custody.v1.ComplianceService`: compliance reports.
+    Compliance,
+    /// `custody.v1.EvidenceService`: signed evidence bundles.
+    Evidence,
 }
 
 impl ServiceKind {
     /// Every service.
-    pub const ALL: [ServiceKind; 7] = [
+    pub const ALL: [ServiceKind; 9] = [
         ServiceKind::Ingest,
         ServiceKind::Archive,
         ServiceKind::Policy,
@@ -114,6 +138,8 @@ impl ServiceKind {
         ServiceKind::Retention,
         ServiceKind::Node,
         ServiceKind::Audit,
+        ServiceKind::Compliance,
+        ServiceKind::Evidence,
     ];
 
     /// The fully qualified gRPC service name.
@@ -126,6 +152,8 @@ impl ServiceKind {
             ServiceKind::Retention => "custody.v1.RetentionService",
             ServiceKind::Node => "custody.v1.NodeService",
             ServiceKind::Audit => "custody.v1.AuditService",
+            ServiceKind::Compliance => "custody.v1.ComplianceService",
+            ServiceKind::Evidence => "custody.v1.EvidenceService",
         }
     }
 }
@@ -211,6 +239,8 @@ pub struct ServerConfig {
     pub auth: AuthConfig,
     /// The audit chain.
     pub audit: AuditConfig,
+    /// Compliance reports.
+    pub compliance: ComplianceConfig,
 }
 
 impl Default for ServerConfig {
@@ -229,6 +259,7 @@ impl Default for ServerConfig {
             retention: RetentionConfig::default(),
             auth: AuthConfig::default(),
             audit: AuditConfig::default(),
+            compliance: ComplianceConfig::default(),
         }
     }
 }
@@ -245,6 +276,15 @@ impl ServerConfig {
             .key_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("keys").join("keyring.toml"))
+    }
+
+    /// The node's Ed25519 evidence-signing key: `signing-ed25519.key` next
+    /// to the key file (created with mode 0600 on first start).
+    pub fn signing_key_file(&self) -> PathBuf {
+        self.key_file().parent().map_or_else(
+            || PathBuf::from("signing-ed25519.key"),
+            |d| d.join("signing-ed25519.key"),
+        )
     }
 
     /// The listeners to open: `listeners`, or one loopback listener on

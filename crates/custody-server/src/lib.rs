@@ -8,8 +8,10 @@
 mod audit;
 pub mod authz;
 mod caller;
+mod compliance;
 mod config;
 mod error;
+mod evidence;
 pub mod grpc;
 pub mod identity;
 mod ingest;
@@ -20,11 +22,16 @@ mod retention;
 
 pub use audit::{AuditEvent, AuditLog};
 pub use caller::{Caller, CameraScope, Role};
+pub use compliance::{
+    AuditStatus, CameraCompliance, ComplianceReport, ScanProgress, Violation, ViolationKind,
+    ViolationSegment,
+};
 pub use config::{
-    AuditConfig, AuthConfig, KeysConfig, ListenerConfig, ListenerTls, RetentionConfig,
-    ServerConfig, ServiceKind,
+    AuditConfig, AuthConfig, ComplianceConfig, KeysConfig, ListenerConfig, ListenerTls,
+    RetentionConfig, ServerConfig, ServiceKind,
 };
 pub use error::ServerError;
+pub use evidence::{signing_key_path, BundlePart, EvidenceScope};
 pub use ingest::{IngestHeader, IngestPart, IngestReceipt};
 pub use node::{load_keyring, Node};
 pub use read::{OpenSegment, DEFAULT_READ_PIECE};

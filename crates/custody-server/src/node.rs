@@ -5,15 +5,15 @@ use std::sync::{Arc, Mutex};
 
 use custody_catalog::Catalog;
 use custody_core::{Clock, Limits, SegmentId, SystemClock};
-use custody_crypto::Keyring;
+use custody_crypto::{Keyring, SigningKey};
 use custody_store::{ObjectPath, Store, StoreError};
 use tracing::{info, warn};
 
+use crate::audit::{key_events, AuditEvent, AuditLog};
 use crate::authz::Denials;
 use crate::identity::RevocationList;
-use crate::audit::{key_events, AuditEvent, AuditLog};
 use crate::retention::Retention;
-use crate::{AuthConfig, ServerConfig, ServerError};
+use crate::{AuthConfig, ComplianceConfig, ServerConfig, ServerError};
 
 /// One Custody node. Cheap to clone; clones share everything.
 #[derive(Clone)]
@@ -26,6 +26,9 @@ pub struct Node {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) retention: Arc<Retention>,
     pub(crate) audit: AuditLog,
+    pub(crate) compliance: ComplianceConfig,
+    /// Signs evidence manifests.
+    pub(crate) signing: Arc<SigningKey>,
     inflight: Arc<Mutex<HashSet<SegmentId>>>,
     pub(crate) auth: Arc<AuthConfig>,
     pub(crate) denials: Arc<Denials>,
@@ -78,6 +81,13 @@ impl Node {
             ServerError::FailedPrecondition(format!("data dir {}: {e}", config.data_dir.display()))
         })?;
         let keyring = load_keyring(config)?;
+        let signing_path = config.signing_key_file();
+        let signing = SigningKey::load_or_create(&signing_path).map_err(|e| {
+            ServerError::FailedPrecondition(format!(
+                "signing key file {}: {e}",
+                signing_path.display()
+            ))
+        })?;
         let catalog = Catalog::open(&config.catalog_dir())?;
         // A local store directory that vanished (an unmounted disk) must not
         // be recreated empty under a catalog that still indexes footage.
@@ -121,6 +131,8 @@ impl Node {
             clock,
             retention: Arc::new(Retention::new(config.retention.clone())),
             audit,
+            compliance: config.compliance.clone(),
+            signing: Arc::new(signing),
             inflight: Arc::new(Mutex::new(HashSet::new())),
             auth: Arc::new(config.auth.clone()),
             denials: Arc::new(Denials::default()),
@@ -136,6 +148,9 @@ impl Node {
         start.detail = format!("store {}", node.store.url());
         events.push(start);
         node.audit.record_durable(events).await?;
+        if let Err(e) = node.publish_signing_key().await {
+            warn!(error = %e, "could not publish the evidence signing key; will retry on export");
+        }
         Ok(node)
     }
 

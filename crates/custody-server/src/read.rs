@@ -42,6 +42,15 @@ impl Node {
             }
             Err(e) => return Err(e.into()),
         };
+        Ok((self.open_object_sized(key, size).await?, size))
+    }
+
+    /// As `open_object`, for an object whose size is known (from a listing).
+    pub(crate) async fn open_object_sized(
+        &self,
+        key: &ObjectPath,
+        size: u64,
+    ) -> Result<OpenedSegment, ServerError> {
         let mut prefix = self.store.get_range(key, 0..size.min(PREFIX_PROBE)).await?;
         let prefix_len = custody_crypto::open_prefix_len(&prefix)?;
         if prefix_len > prefix.len() as u64 {
@@ -52,8 +61,11 @@ impl Node {
             }
             prefix = self.store.get_range(key, 0..prefix_len).await?;
         }
-        let opened = OpenedSegment::open(&self.keyring, &prefix[..prefix_len as usize], size)?;
-        Ok((opened, size))
+        Ok(OpenedSegment::open(
+            &self.keyring,
+            &prefix[..prefix_len as usize],
+            size,
+        )?)
     }
 
     /// Looks up a segment and authenticates its header against the catalog:

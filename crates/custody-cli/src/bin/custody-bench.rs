@@ -2,9 +2,12 @@
 //! - `ingest` (default): ingest throughput through gRPC next to raw fsync'd
 //!   file writes of the same bytes on the same disk;
 //! - `sweep`: sweeper deletions per second over a large expired catalog with
-//!   many active holds.
+//!   many active holds;
+//! - `report`: compliance report speed over a large catalogued store (segments/s
+//!   in header mode, MB/s in deep mode) next to raw reads of the same files on
+//!   the same disk.
 //!
-//! `cargo build --workspace --all-targets && target/debug/custody-bench [ingest|sweep] [--help]`
+//! `cargo build --workspace --all-targets && target/debug/custody-bench [ingest|sweep|report] [--help]`
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -29,6 +32,27 @@ enum Bench {
     Ingest(Args),
     /// Sweeper deletions with many holds.
     Sweep(SweepArgs),
+    /// Compliance report scan speed vs raw reads.
+    Report(ReportArgs),
+}
+
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// Scratch directory (on the disk to measure); removed afterwards.
+    #[arg(long, default_value = "target/bench-scratch-report")]
+    dir: PathBuf,
+    /// Small segments (1 KiB each) for the header-mode scan.
+    #[arg(long, default_value_t = 1_000_000)]
+    segments: u64,
+    /// Cameras they are spread over.
+    #[arg(long, default_value_t = 1_000)]
+    cameras: u64,
+    /// Bytes of 3 MB segments for the deep-mode scan.
+    #[arg(long, default_value_t = 1_000_000_000)]
+    deep_bytes: u64,
+    /// Objects read at once (the report's `scan_concurrency`, and the raw readers).
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
 }
 
 #[derive(clap::Args)]
@@ -151,6 +175,7 @@ fn human(n: usize) -> String {
 async fn main() -> Result<()> {
     match Cli::parse().command {
         Some(Bench::Sweep(a)) => sweep_bench(a).await,
+        Some(Bench::Report(a)) => report_bench(a).await,
         Some(Bench::Ingest(a)) => ingest_bench(a).await,
         None => ingest_bench(Args::parse_from(["ingest"])).await,
     }
@@ -365,5 +390,257 @@ async fn ingest_bench(args: Args) -> Result<()> {
         );
     }
     let _ = std::fs::remove_dir_all(&args.dir);
+    Ok(())
+}
+
+/// Writes `count` encrypted segments of `size` plaintext bytes for `camera`
+/// straight into the store directory (no fsync: this measures reads) and
+/// indexes them. Returns the object paths.
+#[allow(clippy::too_many_arguments)]
+fn populate(
+    node: &Node,
+    kek: &custody_crypto::Kek,
+    root: &std::path::Path,
+    cameras: &[custody_core::CameraId],
+    count: u64,
+    size: usize,
+    t0: Timestamp,
+) -> Result<Vec<PathBuf>> {
+    use custody_catalog::SegmentRecord;
+    use custody_core::{MediaType, SegmentId, StreamName};
+    use custody_crypto::{Encryptor, SegmentMeta};
+    use custody_store::SegmentKey;
+    use sha2::{Digest, Sha256};
+
+    let mut payload = vec![0u8; size];
+    rand::thread_rng().fill_bytes(&mut payload);
+    let sha: [u8; 32] = Sha256::digest(&payload).into();
+    let stream = StreamName::main();
+    let mut batch = Vec::with_capacity(10_000);
+    let mut paths = Vec::with_capacity(count as usize);
+    let per_camera = count.div_ceil(cameras.len() as u64);
+    let mut made_dirs = std::collections::HashSet::new();
+    for i in 0..count {
+        let camera = &cameras[(i / per_camera) as usize];
+        let j = (i % per_camera) as i64;
+        let start = t0.saturating_add_nanos(j * 6_000_000_000);
+        let range = TimeRange::new(start, start.saturating_add_nanos(6_000_000_000))?;
+        let id = SegmentId::derive(camera, &stream, start, 0);
+        let meta = SegmentMeta {
+            camera: camera.clone(),
+            stream: stream.clone(),
+            range,
+            segment_id: id,
+            sequence: 0,
+            media_type: MediaType::parse("video/mp2t")?,
+            created: range.end(),
+        };
+        let (mut enc, mut bytes) = Encryptor::new(kek, &meta, custody_crypto::DEFAULT_CHUNK_SIZE)?;
+        bytes.extend(enc.update(&payload));
+        bytes.extend(enc.finish().0);
+        let key = SegmentKey {
+            camera: camera.clone(),
+            stream: stream.clone(),
+            range,
+            sequence: 0,
+            segment_id: id,
+        }
+        .path();
+        let path = root.join(key.as_ref());
+        let dir = path.parent().context("object dir")?.to_path_buf();
+        if made_dirs.insert(dir.clone()) {
+            std::fs::create_dir_all(&dir)?;
+        }
+        std::fs::write(&path, &bytes)?;
+        paths.push(path);
+        batch.push(SegmentRecord {
+            segment_id: id,
+            camera: camera.clone(),
+            stream: stream.clone(),
+            range,
+            sequence: 0,
+            media_type: MediaType::parse("video/mp2t")?,
+            size: size as u64,
+            stored_size: bytes.len() as u64,
+            sha256: sha,
+            key_id: kek.id().to_string(),
+            ingested_at: range.end(),
+            object_key: key.to_string(),
+            expires_at: None,
+        });
+        if batch.len() == 10_000 {
+            node.catalog().put_segments(&batch)?;
+            batch.clear();
+        }
+    }
+    node.catalog().put_segments(&batch)?;
+    Ok(paths)
+}
+
+/// Reads `len` bytes (0: all) of every file with `threads` threads: (files, bytes).
+fn raw_reads(paths: &[PathBuf], len: usize, threads: usize) -> Result<(u64, u64)> {
+    use std::io::Read;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let bytes = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        for _ in 0..threads.max(1) {
+            handles.push(s.spawn(|| -> Result<()> {
+                let mut buf = vec![0u8; if len == 0 { 1 << 20 } else { len }];
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(p) = paths.get(i) else { return Ok(()) };
+                    let mut f = std::fs::File::open(p)?;
+                    let mut n = 0u64;
+                    loop {
+                        let k = f.read(&mut buf)?;
+                        n += k as u64;
+                        if k == 0 || len != 0 {
+                            break;
+                        }
+                    }
+                    bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                }
+            }));
+        }
+        for h in handles {
+            h.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+        }
+        Ok::<(), anyhow::Error>(())
+    })?;
+    Ok((paths.len() as u64, bytes.into_inner()))
+}
+
+async fn report_bench(a: ReportArgs) -> Result<()> {
+    use custody_core::CameraId;
+
+    let _ = std::fs::remove_dir_all(&a.dir);
+    let mut config = ServerConfig {
+        data_dir: a.dir.clone(),
+        ..ServerConfig::default()
+    };
+    config.keys.env_var = String::new();
+    config.compliance.scan_concurrency = a.concurrency;
+    let node = Node::open(&config).await?;
+    let keyring = custody_server::load_keyring(&config)?;
+    let root = a.dir.join("objects");
+    let t0 = Timestamp::parse_rfc3339("2026-01-01T00:00:00Z")?;
+
+    let small_cams: Vec<CameraId> = (0..a.cameras)
+        .map(|i| CameraId::parse(&format!("cam-{i:05}")))
+        .collect::<Result<_, _>>()?;
+    let big_cams = vec![CameraId::parse("deep-cam")?];
+    let populate_started = Instant::now();
+    let small = populate(
+        &node,
+        keyring.active(),
+        &root,
+        &small_cams,
+        a.segments,
+        1024,
+        t0,
+    )?;
+    let big_size = 3_000_000usize;
+    let big_count = (a.deep_bytes / big_size as u64).max(1);
+    let big = populate(
+        &node,
+        keyring.active(),
+        &root,
+        &big_cams,
+        big_count,
+        big_size,
+        t0,
+    )?;
+    let populated = populate_started.elapsed();
+    let no_progress = |_: custody_server::ScanProgress| {};
+
+    // The listing alone, which every report starts with.
+    let started = Instant::now();
+    let mut listed = 0u64;
+    let mut list = node.store().list(&custody_store::layout::segments_prefix());
+    while let Some(o) = futures::StreamExt::next(&mut list).await {
+        o?;
+        listed += 1;
+    }
+    let list_took = started.elapsed();
+
+    // Header mode over everything (the deep camera's headers too).
+    let started = Instant::now();
+    let header = node
+        .compliance_report(&[], None, false, &no_progress)
+        .await?;
+    let header_took = started.elapsed();
+    anyhow::ensure!(header.violations.is_empty(), "unexpected violations");
+    let started = Instant::now();
+    let (raw_n, _) = raw_reads(&small, 1024, a.concurrency)?;
+    let raw_header_took = started.elapsed();
+
+    // Deep mode over the 3 MB segments.
+    let started = Instant::now();
+    let deep = node
+        .compliance_report(&big_cams, None, true, &no_progress)
+        .await?;
+    let deep_took = started.elapsed();
+    anyhow::ensure!(deep.violations.is_empty(), "unexpected violations");
+    let started = Instant::now();
+    let (_, raw_bytes) = raw_reads(&big, 0, a.concurrency)?;
+    let raw_deep_took = started.elapsed();
+
+    println!(
+        "Custody compliance report benchmark: {} catalogued segments ({} x 1 KiB over {} cameras + {} x 3 MB), dir {}, concurrency {}",
+        header.objects_scanned,
+        a.segments,
+        a.cameras,
+        big_count,
+        a.dir.display(),
+        a.concurrency
+    );
+    println!("populate (encrypt + write + index, no fsync): {:.1} s; files are in the page cache for every row", populated.as_secs_f64());
+    println!(
+        "{:<44} {:>10} {:>10} {:>12} {:>10}",
+        "scenario", "objects", "time s", "segments/s", "MB/s"
+    );
+    let row = |name: &str, n: u64, bytes: u64, took: Duration| {
+        println!(
+            "{:<44} {:>10} {:>10.1} {:>12.0} {:>10.1}",
+            name,
+            n,
+            took.as_secs_f64(),
+            n as f64 / took.as_secs_f64(),
+            bytes as f64 / 1e6 / took.as_secs_f64()
+        );
+    };
+    row(
+        "report, header mode (list + auth headers)",
+        header.objects_scanned,
+        header.bytes_read,
+        header_took,
+    );
+    row(
+        "store listing only (part of the above)",
+        listed,
+        0,
+        list_took,
+    );
+    row(
+        "raw: open + read 1 KiB of each small file",
+        raw_n,
+        raw_n * 1024,
+        raw_header_took,
+    );
+    row(
+        "report --deep (decrypt + digest, 3 MB)",
+        deep.objects_scanned,
+        deep.bytes_read,
+        deep_took,
+    );
+    row(
+        "raw: read each 3 MB file whole",
+        big.len() as u64,
+        raw_bytes,
+        raw_deep_took,
+    );
+    drop(node);
+    let _ = std::fs::remove_dir_all(&a.dir);
     Ok(())
 }

@@ -117,10 +117,21 @@ enum Command {
     Certs {
         #[command(subcommand)]
         command: custody_cli::certs::CertsCommand,
+    },
     /// The audit chain: list records, verify it offline, save its head.
     Audit {
         #[command(subcommand)]
         command: custody_cli::audit::AuditCommand,
+    },
+    /// Retention compliance reports computed from the store.
+    Compliance {
+        #[command(subcommand)]
+        command: custody_cli::compliance::ComplianceCommand,
+    },
+    /// Signed evidence bundles: export, and verify offline.
+    Evidence {
+        #[command(subcommand)]
+        command: custody_cli::evidence::EvidenceCommand,
     },
     /// Key-encryption key files.
     Keys {
@@ -520,6 +531,12 @@ async fn main() -> Result<()> {
             }
         }
         Command::Audit { command } => custody_cli::audit::audit(&client, command, cli.json).await?,
+        Command::Compliance { command } => {
+            custody_cli::compliance::compliance(&client, command, cli.json).await?
+        }
+        Command::Evidence { command } => {
+            custody_cli::evidence::evidence(&client, command, cli.json).await?
+        }
         Command::Keys {
             command: KeysCommand::Init { key_file },
         } => {

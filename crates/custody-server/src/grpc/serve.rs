@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use custody_proto::v1::archive_service_server::ArchiveServiceServer;
 use custody_proto::v1::audit_service_server::AuditServiceServer;
+use custody_proto::v1::compliance_service_server::ComplianceServiceServer;
+use custody_proto::v1::evidence_service_server::EvidenceServiceServer;
 use custody_proto::v1::hold_service_server::HoldServiceServer;
 use custody_proto::v1::ingest_service_server::IngestServiceServer;
 use custody_proto::v1::node_service_server::NodeServiceServer;
@@ -19,7 +21,7 @@ use tonic::service::RoutesBuilder;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::info;
 
-use super::{ArchiveApi, AuditApi, IngestApi, NodeApi, RetentionApi};
+use super::{ArchiveApi, AuditApi, ComplianceApi, EvidenceApi, IngestApi, NodeApi, RetentionApi};
 use crate::authz::{Gate, GateConfig};
 use crate::{ListenerConfig, Node, ServerError, ServiceKind};
 
@@ -149,6 +151,24 @@ async fn routes(
             ServiceKind::Audit => {
                 routes.add_service(AuditServiceServer::new(AuditApi::new(node.clone())));
                 reporter.set_serving::<AuditServiceServer<AuditApi>>().await;
+            }
+            ServiceKind::Compliance => {
+                routes.add_service(
+                    ComplianceServiceServer::new(ComplianceApi::new(node.clone()))
+                        .max_encoding_message_size(max),
+                );
+                reporter
+                    .set_serving::<ComplianceServiceServer<ComplianceApi>>()
+                    .await;
+            }
+            ServiceKind::Evidence => {
+                routes.add_service(
+                    EvidenceServiceServer::new(EvidenceApi::new(node.clone()))
+                        .max_encoding_message_size(max),
+                );
+                reporter
+                    .set_serving::<EvidenceServiceServer<EvidenceApi>>()
+                    .await;
             }
         }
     }
