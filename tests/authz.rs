@@ -451,6 +451,47 @@ async fn identities_are_checked_beyond_roles() {
     assert_eq!(refusals("cameras")["camera-binding"], 1, "{status}");
     assert_eq!(refusals("operators")["revoked"], 1, "{status}");
     assert_eq!(refusals("operators")["own-hold"], 1, "{status}");
+
+    // Refusals are in the audit chain too, under the certificate's principal
+    // and the listener they arrived on.
+    let audit = |principal: &str| -> Vec<serde_json::Value> {
+        let out = testkit::custody_tls(
+            &d.addrs["operators"],
+            &d.certs,
+            "aud",
+            &["--json", "audit", "ls", "--principal", principal],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array()
+            .or_else(|| v["records"].as_array())
+            .expect("records")
+            .clone()
+    };
+    let lost = audit("lost-laptop");
+    assert!(
+        lost.iter().any(|r| r["outcome"] == "refused"
+            && r["listener"] == "operators"
+            && r["reason"].as_str().unwrap().contains("revoked")),
+        "{lost:?}"
+    );
+    let cam = audit("cam-a");
+    assert!(
+        cam.iter().any(|r| r["outcome"] == "refused"
+            && r["listener"] == "cameras"
+            && r["cameras"] == serde_json::json!(["cam-b"])),
+        "{cam:?}"
+    );
+    let boss = audit("boss");
+    assert!(
+        boss.iter()
+            .any(|r| r["action"] == "hold.create" && r["outcome"] == "ok"),
+        "{boss:?}"
+    );
 }
 
 #[test]
