@@ -303,6 +303,49 @@ async fn identities_are_checked_beyond_roles() {
     };
     assert!(!expired.is_empty());
 
+    // A certificate that expires while its connection stays open is refused
+    // from then on (the handshake alone would not notice).
+    let soon = (chrono::Utc::now() + chrono::Duration::seconds(3))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let issue = std::process::Command::new(testkit::CUSTODY)
+        .args(["certs", "issue", "--dir"])
+        .arg(&d.certs)
+        .args([
+            "--name",
+            "brief-op",
+            "--role",
+            "operator",
+            "--not-after",
+            &soon,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        issue.status.success(),
+        "{}",
+        String::from_utf8_lossy(&issue.stderr)
+    );
+    let brief = testkit::tls_channel(&d.addrs["operators"], &d.certs, "brief-op")
+        .await
+        .unwrap();
+    raw_call(brief.clone(), "custody.v1.ArchiveService/ListCameras")
+        .await
+        .expect("valid until {soon}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let refused = loop {
+        match raw_call(brief.clone(), "custody.v1.ArchiveService/ListCameras").await {
+            Err(s) if s.code() == Code::PermissionDenied => break s,
+            Ok(()) => {}
+            Err(s) => panic!("expected a refusal on the open connection, got {s:?}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never refused after {soon}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(refused.message().contains("expired"), "{refused:?}");
+
     // A revoked certificate works until its serial is on the deny list,
     // which the running server picks up without a restart.
     let issue = std::process::Command::new(testkit::CUSTODY)

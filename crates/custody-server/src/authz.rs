@@ -189,6 +189,22 @@ impl GateConfig {
             )
         })?;
         let caller = id.caller(&self.rules, &self.listener);
+        // The handshake checked validity when the connection opened; an
+        // HTTP/2 connection can outlive its certificate.
+        let now = self.node.clock.now().to_parts().0;
+        if now > id.not_after {
+            return Err(deny(
+                Some(caller),
+                Refusal {
+                    kind: "expired",
+                    message: format!(
+                        "certificate of {} (serial {}) expired during this connection",
+                        id.principal(),
+                        id.serial
+                    ),
+                },
+            ));
+        }
         match self.revoked.is_revoked(&id.serial) {
             Ok(false) => Ok(caller),
             Ok(true) => Err(deny(

@@ -100,6 +100,8 @@ pub struct CertIdentity {
     pub serial: String,
     /// Cameras bound by `urn:custody:camera:ID` SAN URIs.
     pub cameras: BTreeSet<String>,
+    /// End of the validity period, Unix seconds.
+    pub not_after: i64,
 }
 
 /// Normalises a serial number: lowercase hex without separators or leading zeros.
@@ -163,6 +165,7 @@ impl CertIdentity {
             sans,
             serial: normalize_serial(&cert.raw_serial_as_string()),
             cameras,
+            not_after: cert.validity().not_after.timestamp(),
         })
     }
 
@@ -297,6 +300,7 @@ mod tests {
             ],
             serial: "1".into(),
             cameras: BTreeSet::new(),
+            not_after: i64::MAX,
         };
         let mut rules = default_rules();
         rules.push(IdentityRule {
