@@ -225,6 +225,16 @@ async fn every_role_every_rpc_every_listener_is_as_documented() {
     );
 }
 
+/// `custody certs issue --dir DIR ARGS...` with the CA in `dir`.
+fn certs_issue(dir: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(testkit::CUSTODY)
+        .args(["certs", "issue", "--dir"])
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 fn upload(camera: &str) -> Upload {
     Upload {
         camera: camera.to_string(),
@@ -282,13 +292,17 @@ async fn identities_are_checked_beyond_roles() {
     assert_eq!(ids, ["cam-a"], "the refused upload stored nothing");
 
     // An expired certificate is refused in the handshake.
-    let issue = std::process::Command::new(testkit::CUSTODY)
-        .args(["certs", "issue", "--dir"])
-        .arg(&d.certs)
-        .args(["--name", "old-op", "--role", "operator"])
-        .args(["--not-after", "2020-01-01T00:00:00Z"])
-        .output()
-        .unwrap();
+    let issue = certs_issue(
+        &d.certs,
+        &[
+            "--name",
+            "old-op",
+            "--role",
+            "operator",
+            "--not-after",
+            "2020-01-01T00:00:00Z",
+        ],
+    );
     assert!(
         issue.status.success(),
         "{}",
@@ -307,19 +321,17 @@ async fn identities_are_checked_beyond_roles() {
     // from then on (the handshake alone would not notice).
     let soon = (chrono::Utc::now() + chrono::Duration::seconds(3))
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let issue = std::process::Command::new(testkit::CUSTODY)
-        .args(["certs", "issue", "--dir"])
-        .arg(&d.certs)
-        .args([
+    let issue = certs_issue(
+        &d.certs,
+        &[
             "--name",
             "brief-op",
             "--role",
             "operator",
             "--not-after",
             &soon,
-        ])
-        .output()
-        .unwrap();
+        ],
+    );
     assert!(
         issue.status.success(),
         "{}",
@@ -348,12 +360,7 @@ async fn identities_are_checked_beyond_roles() {
 
     // A revoked certificate works until its serial is on the deny list,
     // which the running server picks up without a restart.
-    let issue = std::process::Command::new(testkit::CUSTODY)
-        .args(["certs", "issue", "--dir"])
-        .arg(&d.certs)
-        .args(["--name", "lost-laptop", "--role", "operator"])
-        .output()
-        .unwrap();
+    let issue = certs_issue(&d.certs, &["--name", "lost-laptop", "--role", "operator"]);
     assert!(issue.status.success());
     let lost = testkit::tls_channel(&d.addrs["operators"], &d.certs, "lost-laptop")
         .await
@@ -560,12 +567,7 @@ fn certs_init_refuses_to_replace_a_ca_and_bad_names() {
             assert_eq!(mode & 0o077, 0, "{k} must be private");
         }
     }
-    let bad = std::process::Command::new(testkit::CUSTODY)
-        .args(["certs", "issue", "--dir"])
-        .arg(&dir)
-        .args(["--name", "../evil", "--role", "operator"])
-        .output()
-        .unwrap();
+    let bad = certs_issue(&dir, &["--name", "../evil", "--role", "operator"]);
     assert!(!bad.status.success());
     let show = std::process::Command::new(testkit::CUSTODY)
         .args(["--json", "certs", "show"])
@@ -576,5 +578,4 @@ fn certs_init_refuses_to_replace_a_ca_and_bad_names() {
     assert_eq!(j["principal"], "cam-1");
     assert_eq!(j["cameras"], serde_json::json!(["cam-1"]));
     assert_eq!(j["ou"], serde_json::json!(["camera"]));
-    let _ = Path::new("");
 }

@@ -212,15 +212,7 @@ impl Node {
             EvidenceScope::Hold(id) => {
                 let state = self.hold(id).await?;
                 let h = &state.hold;
-                let cameras: Vec<CameraId> = match &h.cameras {
-                    HoldCameras::All => self
-                        .catalog
-                        .cameras()?
-                        .into_iter()
-                        .map(|c| c.camera)
-                        .collect(),
-                    HoldCameras::List(l) => l.clone(),
-                };
+                let cameras = self.hold_cameras(h)?;
                 let mut segs = Vec::new();
                 for c in &cameras {
                     segs.extend(

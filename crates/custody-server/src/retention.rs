@@ -478,8 +478,9 @@ impl Node {
         Ok((hold, coverage))
     }
 
-    fn coverage(&self, hold: &Hold) -> Result<HoldCoverage, ServerError> {
-        let cameras: Vec<CameraId> = match &hold.cameras {
+    /// The cameras a hold names: its list, or every camera the catalog knows.
+    pub(crate) fn hold_cameras(&self, hold: &Hold) -> Result<Vec<CameraId>, ServerError> {
+        Ok(match &hold.cameras {
             HoldCameras::All => self
                 .catalog
                 .cameras()?
@@ -487,7 +488,11 @@ impl Node {
                 .map(|c| c.camera)
                 .collect(),
             HoldCameras::List(l) => l.clone(),
-        };
+        })
+    }
+
+    fn coverage(&self, hold: &Hold) -> Result<HoldCoverage, ServerError> {
+        let cameras = self.hold_cameras(hold)?;
         let now = self.clock.now();
         let mut cov = HoldCoverage::default();
         for camera in cameras {
