@@ -2,7 +2,7 @@
 //! exist there (UNIMPLEMENTED), reflection lists only what it serves, and
 //! plaintext on a non-loopback address is refused at start-up.
 
-mod testkit;
+use crate::testkit;
 
 use std::collections::HashSet;
 use std::process::Command;

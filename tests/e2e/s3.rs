@@ -2,13 +2,13 @@
 //! loopback, started by the test. Ingest, read back, rebuild the catalog
 //! from the bucket, and create-only records (holds) through the S3 API.
 
-mod testkit;
+use crate::testkit;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 use custody_core::Timestamp;
-use testkit::Server;
+use crate::testkit::Server;
 
 struct S3Server(Child);
 

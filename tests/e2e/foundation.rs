@@ -1,7 +1,7 @@
 //! End-to-end tests of the foundation: real `custodyd` processes, the real
 //! `custody` client, ffmpeg-made H.264 MPEG-TS segments, a real store directory.
 
-mod testkit;
+use crate::testkit;
 
 use std::collections::HashSet;
 use std::process::Command;
@@ -11,7 +11,7 @@ use custody_proto::v1 as pb;
 use custody_proto::v1::put_segment_request::Part;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use testkit::{
+use crate::testkit::{
     ffmpeg_segments, ffprobe_duration, files_under, read_all, stored_objects, ts, Server,
 };
 use tonic::Code;

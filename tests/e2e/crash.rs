@@ -2,7 +2,7 @@
 //! uploads; after restart every acknowledged segment reads back byte-identical
 //! and nothing unacknowledged is visible half-written.
 
-mod testkit;
+use crate::testkit;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,7 +13,7 @@ use custody_proto::v1 as pb;
 use custody_proto::v1::put_segment_request::Part;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
-use testkit::{files_under, read_all, ts, Server};
+use crate::testkit::{files_under, read_all, ts, Server};
 
 fn payload(i: u64, rng: &mut rand::rngs::StdRng) -> Vec<u8> {
     let len = rng.gen_range(1_000..3_000_000);

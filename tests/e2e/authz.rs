@@ -6,7 +6,7 @@
 //! certificates, plaintext to a TLS port, four eyes on holds, principals
 //! taken from certificates, refusals counted.
 
-mod testkit;
+use crate::testkit;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

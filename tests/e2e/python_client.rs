@@ -3,7 +3,7 @@
 //! operator, over mutual TLS on the three-network deployment. Proves the API
 //! works beyond our own Rust client.
 
-mod testkit;
+use crate::testkit;
 
 use std::process::Command;
 

@@ -9,7 +9,7 @@
 //! add` is refused the test says so and skips. It creates and removes its
 //! namespaces itself and sends traffic only to addresses on its own veths.
 
-mod testkit;
+use crate::testkit;
 
 use std::path::Path;
 use std::process::{Command, Output};

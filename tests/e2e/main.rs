@@ -1,0 +1,19 @@
+//! Custody's end-to-end tests, in one binary so the RocksDB stack is linked
+//! once: real `custodyd` processes, the real `custody` client, real TLS,
+//! ffmpeg-made segments, real store directories and network namespaces.
+//! Each module is one area; `testkit` holds the shared helpers.
+
+mod testkit;
+
+mod audit;
+mod cli;
+mod authz;
+mod compliance;
+mod crash;
+mod evidence;
+mod foundation;
+mod listeners;
+mod netns;
+mod python_client;
+mod retention;
+mod s3;
