@@ -3,15 +3,13 @@
 //! offline, on the store directory and the key file — names every record
 //! that was edited, removed, reordered, inserted or cut from the tail.
 
-use crate::testkit;
-
 use std::path::{Path, PathBuf};
 
+use crate::testkit::{custody_offline, ffmpeg_segments, Server};
 use custody_core::{Clock, SystemClock, Timestamp};
 use custody_proto::v1 as pb;
 use custody_proto::v1::audit_service_client::AuditServiceClient;
 use serde_json::Value;
-use crate::testkit::{custody_offline, ffmpeg_segments, Server};
 
 fn json(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("bad json {s:?}: {e}"))

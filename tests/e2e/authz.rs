@@ -33,7 +33,7 @@ fn principal(role: Role) -> &'static str {
 
 /// The table in docs/authorization.md: RPC → roles allowed.
 fn documented_matrix() -> BTreeMap<String, BTreeSet<Role>> {
-    let doc = include_str!("../docs/authorization.md");
+    let doc = include_str!("../../docs/authorization.md");
     let header: Vec<&str> = doc
         .lines()
         .find(|l| l.starts_with("| RPC |"))
@@ -109,7 +109,7 @@ fn deploy(users: &[&str]) -> Deployment {
     let revoked = tmp.path().join("revoked.txt");
     std::fs::write(&revoked, "# none yet\n").unwrap();
     let mut config =
-        ServerConfig::from_toml(include_str!("../deploy/three-networks.toml")).unwrap();
+        ServerConfig::from_toml(include_str!("../../deploy/three-networks.toml")).unwrap();
     for l in &mut config.listeners {
         l.addr = "127.0.0.1:0".to_string();
         let tls = l.tls.as_mut().expect("every deployed listener has TLS");
@@ -423,6 +423,34 @@ async fn identities_are_checked_beyond_roles() {
     assert_ne!(e.code(), Code::Ok);
     let cli = testkit::custody_tls(&d.addrs["operators"], &d.certs, "op", &["ls"]);
     assert!(cli.status.success());
+
+    // Every refused handshake above is counted per listener and reason, and
+    // lands in the audit chain (aggregated per peer and reason).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let status =
+            testkit::custody_tls(&d.addrs["admin"], &d.certs, "adm", &["status", "--json"]);
+        let status = String::from_utf8_lossy(&status.stdout).to_string();
+        let audit = testkit::custody_tls(
+            &d.addrs["operators"],
+            &d.certs,
+            "aud",
+            &["--json", "audit", "ls", "--action", "tls.handshake"],
+        );
+        let audit = String::from_utf8_lossy(&audit.stdout).to_string();
+        let counted = ["tls-expired-certificate", "tls-protocol"]
+            .iter()
+            .all(|r| status.contains(r));
+        let audited = audit.contains("tls-expired-certificate") && audit.contains("peer:127.0.0.1");
+        if counted && audited {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "handshake refusals not counted/audited.\nstatus: {status}\naudit: {audit}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 
     // Four eyes: the principal comes from the certificate, not the request,
     // and a supervisor cannot release a hold it placed itself.

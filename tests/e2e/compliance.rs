@@ -5,17 +5,15 @@
 //! are reported exactly, with the right kinds, in JSON and in an HTML report
 //! that headless Chromium renders offline with one row per violation.
 
-use crate::testkit;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::testkit::{ffmpeg_segments, stored_objects, Server};
 use custody_core::{Clock, SegmentId, SystemClock, Timestamp};
 use custody_proto::v1 as pb;
 use custody_proto::v1::compliance_service_client::ComplianceServiceClient;
 use futures::StreamExt;
-use crate::testkit::{ffmpeg_segments, stored_objects, Server};
 
 fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("bad json {s:?}: {e}"))

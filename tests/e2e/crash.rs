@@ -2,18 +2,16 @@
 //! uploads; after restart every acknowledged segment reads back byte-identical
 //! and nothing unacknowledged is visible half-written.
 
-use crate::testkit;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::testkit::{files_under, read_all, ts, Server};
 use custody_core::Timestamp;
 use custody_proto::v1 as pb;
 use custody_proto::v1::put_segment_request::Part;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
-use crate::testkit::{files_under, read_all, ts, Server};
 
 fn payload(i: u64, rng: &mut rand::rngs::StdRng) -> Vec<u8> {
     let len = rng.gen_range(1_000..3_000_000);
@@ -76,36 +74,46 @@ async fn kill_9_during_uploads_loses_nothing_acknowledged() {
     let attempted: Arc<Mutex<HashMap<u64, Vec<u8>>>> = Arc::default();
     let mut acked: HashMap<u64, (String, Vec<u8>)> = HashMap::new();
     let mut next = 0u64;
-    for round in 0..5 {
-        let addr = server.addr.clone();
-        let att = attempted.clone();
-        let mut task_rng = rand::rngs::StdRng::seed_from_u64(rng.gen());
+    // Several uploads in flight, so kills land inside group commits that
+    // carry more than one segment.
+    const UPLOADERS: u64 = 4;
+    for round in 0..8 {
         let first = next;
-        let uploader = tokio::spawn(async move {
-            let mut done = Vec::new();
-            let mut i = first;
-            loop {
-                let data = payload(i, &mut task_rng);
-                att.lock().unwrap().insert(i, data.clone());
-                match upload(addr.clone(), i, data.clone()).await {
-                    Ok(r) => done.push((i, r.segment_id, data)),
-                    Err(_) => return (done, i),
+        let mut uploaders = Vec::new();
+        for k in 0..UPLOADERS {
+            let addr = server.addr.clone();
+            let att = attempted.clone();
+            let mut task_rng = rand::rngs::StdRng::seed_from_u64(rng.gen());
+            uploaders.push(tokio::spawn(async move {
+                let mut done = Vec::new();
+                let mut i = first + k;
+                loop {
+                    let data = payload(i, &mut task_rng);
+                    att.lock().unwrap().insert(i, data.clone());
+                    match upload(addr.clone(), i, data.clone()).await {
+                        Ok(r) => done.push((i, r.segment_id, data)),
+                        Err(_) => return (done, i),
+                    }
+                    i += UPLOADERS;
                 }
-                i += 1;
-            }
-        });
+            }));
+        }
         // The kill moment is random; correctness never depends on it.
         tokio::time::sleep(Duration::from_millis(rng.gen_range(100..1500))).await;
         server.kill9();
-        let (done, in_flight) = uploader.await.unwrap();
-        println!(
-            "round {round}: {} acknowledged, killed during #{in_flight}",
-            done.len()
-        );
-        for (i, id, data) in done {
-            acked.insert(i, (id, data));
+        let mut interrupted = Vec::new();
+        for u in uploaders {
+            let (done, in_flight) = u.await.unwrap();
+            println!(
+                "round {round}: {} acknowledged, killed during #{in_flight}",
+                done.len()
+            );
+            for (i, id, data) in done {
+                acked.insert(i, (id, data));
+            }
+            interrupted.push(in_flight);
+            next = next.max(in_flight + 1);
         }
-        next = in_flight + 1;
         server = server.restart();
 
         // Every acknowledged segment reads back byte-identical.
@@ -160,12 +168,17 @@ async fn kill_9_during_uploads_loses_nothing_acknowledged() {
             left.is_empty(),
             "staging files survived a restart: {left:?}"
         );
-        // The interrupted upload, retried, is stored exactly once.
-        let data = attempted.lock().unwrap()[&in_flight].clone();
-        let r = upload(server.addr.clone(), in_flight, data.clone())
-            .await
-            .expect("retry after restart");
-        acked.insert(in_flight, (r.segment_id, data));
+        // The interrupted uploads, retried, are each stored exactly once.
+        for in_flight in interrupted {
+            let data = attempted.lock().unwrap()[&in_flight].clone();
+            let r = upload(server.addr.clone(), in_flight, data.clone())
+                .await
+                .expect("retry after restart");
+            if let Some((id, _)) = acked.get(&in_flight) {
+                assert_eq!(*id, r.segment_id);
+            }
+            acked.insert(in_flight, (r.segment_id, data));
+        }
     }
-    assert!(acked.len() >= 5);
+    assert!(acked.len() >= 8 * UPLOADERS as usize);
 }

@@ -3,13 +3,11 @@
 //! with `sha256sum -c` and `openssl pkeyutl`); changing, adding or removing
 //! any file makes verification fail naming it; the segments play (ffprobe).
 
-use crate::testkit;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use custody_core::{Clock, SystemClock, Timestamp};
 use crate::testkit::{ffmpeg_segments, ffprobe_duration, files_under, Server};
+use custody_core::{Clock, SystemClock, Timestamp};
 
 fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("bad json {s:?}: {e}"))

@@ -6,79 +6,16 @@ use crate::testkit;
 use std::collections::HashSet;
 use std::process::Command;
 
+use crate::testkit::{
+    chunk, ffmpeg_segments, ffprobe_duration, files_under, finish, header, json, put, put_bytes,
+    read_all, secs, stored_objects, t0, ts, Server,
+};
 use custody_core::Timestamp;
 use custody_proto::v1 as pb;
 use custody_proto::v1::put_segment_request::Part;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use crate::testkit::{
-    ffmpeg_segments, ffprobe_duration, files_under, read_all, stored_objects, ts, Server,
-};
 use tonic::Code;
-
-fn t0() -> Timestamp {
-    Timestamp::parse_rfc3339("2026-01-01T10:00:00Z").unwrap()
-}
-
-fn secs(s: i64) -> Timestamp {
-    t0().saturating_add_nanos(s * 1_000_000_000)
-}
-
-fn json(s: &str) -> serde_json::Value {
-    serde_json::from_str(s).unwrap_or_else(|e| panic!("bad json {s:?}: {e}"))
-}
-
-fn header(camera: &str, start: Timestamp, end: Timestamp) -> pb::PutSegmentRequest {
-    pb::PutSegmentRequest {
-        part: Some(Part::Header(pb::SegmentHeader {
-            camera_id: camera.into(),
-            stream: "main".into(),
-            start: Some(ts(start)),
-            end: Some(ts(end)),
-            media_type: "video/mp2t".into(),
-            ..Default::default()
-        })),
-    }
-}
-
-fn chunk(b: &[u8]) -> pb::PutSegmentRequest {
-    pb::PutSegmentRequest {
-        part: Some(Part::Chunk(b.to_vec())),
-    }
-}
-
-fn finish(sha: Option<[u8; 32]>) -> pb::PutSegmentRequest {
-    pb::PutSegmentRequest {
-        part: Some(Part::Finish(pb::SegmentFinish {
-            sha256: sha.map(|s| s.to_vec()).unwrap_or_default(),
-        })),
-    }
-}
-
-async fn put(
-    server: &Server,
-    msgs: Vec<pb::PutSegmentRequest>,
-) -> Result<pb::PutSegmentResponse, tonic::Status> {
-    server
-        .ingest()
-        .await
-        .put_segment(futures::stream::iter(msgs))
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn put_bytes(
-    server: &Server,
-    camera: &str,
-    start: Timestamp,
-    end: Timestamp,
-    data: &[u8],
-) -> Result<pb::PutSegmentResponse, tonic::Status> {
-    let mut msgs = vec![header(camera, start, end)];
-    msgs.extend(data.chunks(100_000).map(chunk));
-    msgs.push(finish(Some(Sha256::digest(data).into())));
-    put(server, msgs).await
-}
 
 /// 32-byte aligned blocks of `input` that appear anywhere in `haystack`.
 fn plaintext_runs(input: &[u8], stored: &[Vec<u8>]) -> usize {

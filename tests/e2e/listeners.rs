@@ -39,6 +39,34 @@ async fn reflected(addr: &str) -> HashSet<String> {
     }
 }
 
+/// Whether reflection on `addr` describes the file holding `symbol`.
+async fn describes(addr: &str, symbol: &str) -> bool {
+    let channel = tonic::transport::Endpoint::from_shared(addr.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(symbol.to_string())),
+    };
+    let mut resp = c
+        .server_reflection_info(futures::stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    match resp.next().await.unwrap() {
+        Ok(r) => match r.message_response {
+            Some(MessageResponse::FileDescriptorResponse(f)) => !f.file_descriptor_proto.is_empty(),
+            Some(MessageResponse::ErrorResponse(_)) => false,
+            other => panic!("unexpected {other:?}"),
+        },
+        Err(s) if s.code() == Code::NotFound => false,
+        Err(s) => panic!("reflection failed: {s:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_listener_exposes_only_its_services() {
     let tmp = tempfile::tempdir().unwrap();
@@ -56,6 +84,13 @@ async fn each_listener_exposes_only_its_services() {
         .collect();
     let cameras = &addrs["cameras"];
     let operators = &addrs["operators"];
+
+    // Reflection does not describe services a listener does not serve.
+    assert!(describes(cameras, "custody.v1.IngestService").await);
+    assert!(!describes(cameras, "custody.v1.ArchiveService").await);
+    assert!(!describes(cameras, "custody.v1.HoldService").await);
+    assert!(describes(operators, "custody.v1.ArchiveService").await);
+    assert!(!describes(operators, "custody.v1.IngestService").await);
 
     // Ingest exists on the camera network only.
     let mut ingest_cam = pb::ingest_service_client::IngestServiceClient::connect(cameras.clone())

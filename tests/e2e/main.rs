@@ -6,8 +6,8 @@
 mod testkit;
 
 mod audit;
-mod cli;
 mod authz;
+mod cli;
 mod compliance;
 mod crash;
 mod evidence;
@@ -17,3 +17,4 @@ mod netns;
 mod python_client;
 mod retention;
 mod s3;
+mod store_truth;

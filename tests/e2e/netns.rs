@@ -143,7 +143,7 @@ fn each_network_segment_reaches_only_its_listener() {
     ok(init.output().unwrap(), "certs init");
 
     let mut config =
-        ServerConfig::from_toml(include_str!("../deploy/three-networks.toml")).unwrap();
+        ServerConfig::from_toml(include_str!("../../deploy/three-networks.toml")).unwrap();
     let mut listen = std::collections::BTreeMap::new();
     for l in &mut config.listeners {
         let (_, _, octet) = SEGMENTS

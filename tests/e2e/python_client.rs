@@ -43,7 +43,7 @@ fn python_grpcio_client_ingests_and_lists_over_mtls() {
     let certs = tmp.path().join("certs");
     testkit::certs_init(&certs, &["cam-py", "cam-other"], &["op:operator"]);
     let mut config =
-        ServerConfig::from_toml(include_str!("../deploy/three-networks.toml")).unwrap();
+        ServerConfig::from_toml(include_str!("../../deploy/three-networks.toml")).unwrap();
     for l in &mut config.listeners {
         l.addr = "127.0.0.1:0".to_string();
         let tls = l.tls.as_mut().unwrap();

@@ -2,15 +2,13 @@
 //! and disappears from the store directory, held footage survives until its
 //! hold is released, and bad requests change nothing.
 
-use crate::testkit;
-
 use std::time::Duration;
 
+use crate::testkit::{files_under, stored_objects, ts, Server};
 use custody_core::{Clock, SystemClock, Timestamp};
 use custody_proto::v1 as pb;
 use custody_proto::v1::hold_service_client::HoldServiceClient;
 use custody_proto::v1::policy_service_client::PolicyServiceClient;
-use crate::testkit::{files_under, stored_objects, ts, Server};
 use tonic::Code;
 
 fn json(s: &str) -> serde_json::Value {

@@ -6,8 +6,12 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+use custody_core::Timestamp;
+use custody_proto::v1 as pb;
 use custody_proto::v1::archive_service_client::ArchiveServiceClient;
 use custody_proto::v1::ingest_service_client::IngestServiceClient;
+use custody_proto::v1::put_segment_request::Part;
+use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 
 pub const CUSTODYD: &str = env!("CARGO_BIN_EXE_custodyd");
@@ -387,4 +391,71 @@ pub fn custody_tls(addr: &str, certs: &Path, name: &str, args: &[&str]) -> Outpu
         .args(args)
         .output()
         .expect("run custody")
+}
+
+// Building uploads by hand (for bad input and retries).
+
+/// 2026-01-01T10:00:00Z, the epoch of hand-made uploads.
+pub fn t0() -> Timestamp {
+    Timestamp::parse_rfc3339("2026-01-01T10:00:00Z").unwrap()
+}
+
+pub fn secs(s: i64) -> Timestamp {
+    t0().saturating_add_nanos(s * 1_000_000_000)
+}
+
+pub fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("bad json {s:?}: {e}"))
+}
+
+pub fn header(camera: &str, start: Timestamp, end: Timestamp) -> pb::PutSegmentRequest {
+    pb::PutSegmentRequest {
+        part: Some(Part::Header(pb::SegmentHeader {
+            camera_id: camera.into(),
+            stream: "main".into(),
+            start: Some(ts(start)),
+            end: Some(ts(end)),
+            media_type: "video/mp2t".into(),
+            ..Default::default()
+        })),
+    }
+}
+
+pub fn chunk(b: &[u8]) -> pb::PutSegmentRequest {
+    pb::PutSegmentRequest {
+        part: Some(Part::Chunk(b.to_vec())),
+    }
+}
+
+pub fn finish(sha: Option<[u8; 32]>) -> pb::PutSegmentRequest {
+    pb::PutSegmentRequest {
+        part: Some(Part::Finish(pb::SegmentFinish {
+            sha256: sha.map(|s| s.to_vec()).unwrap_or_default(),
+        })),
+    }
+}
+
+pub async fn put(
+    server: &Server,
+    msgs: Vec<pb::PutSegmentRequest>,
+) -> Result<pb::PutSegmentResponse, tonic::Status> {
+    server
+        .ingest()
+        .await
+        .put_segment(futures::stream::iter(msgs))
+        .await
+        .map(|r| r.into_inner())
+}
+
+pub async fn put_bytes(
+    server: &Server,
+    camera: &str,
+    start: Timestamp,
+    end: Timestamp,
+    data: &[u8],
+) -> Result<pb::PutSegmentResponse, tonic::Status> {
+    let mut msgs = vec![header(camera, start, end)];
+    msgs.extend(data.chunks(100_000).map(chunk));
+    msgs.push(finish(Some(Sha256::digest(data).into())));
+    put(server, msgs).await
 }

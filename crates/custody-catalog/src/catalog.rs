@@ -3,12 +3,17 @@
 //! Column families:
 //! - `segments`: `camera 0x00 stream 0x00 start(8, sortable) sequence(8, BE)` → [`SegmentRecord`]
 //! - `segment_ids`: `segment id (16)` → key in `segments`
-//! - `cameras`: `camera` → segment count, bytes and streams
+//! - `cameras`: `camera` → segment count, bytes, and per stream the longest
+//!   segment indexed (so a query finds every stored segment whatever the
+//!   limits say today)
 //! - `pending`: `segment id (16)` → object key of an upload in flight (write intent)
 //! - `expiry`: `expires_at(8, sortable) segment id (16)` → empty: the sweeper's work list
 //! - `records`: object key → sealed record bytes (holds, releases, policies mirrored from the store)
+//! - `meta`: `schema` → the layout version; absent in a catalog that was
+//!   just created (or lost and recreated), which is how a node notices an
+//!   index that does not cover its store
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -26,14 +31,32 @@ const CF_CAMERAS: &str = "cameras";
 const CF_PENDING: &str = "pending";
 const CF_EXPIRY: &str = "expiry";
 const CF_RECORDS: &str = "records";
-const CFS: [&str; 6] = [
+const CF_META: &str = "meta";
+const CFS: [&str; 7] = [
     CF_SEGMENTS,
     CF_SEGMENT_IDS,
     CF_CAMERAS,
     CF_PENDING,
     CF_EXPIRY,
     CF_RECORDS,
+    CF_META,
 ];
+
+/// Version of the catalog's layout; a catalog marked with another one (or
+/// none) is rebuilt from the store.
+pub const SCHEMA_VERSION: u32 = 2;
+const META_SCHEMA: &[u8] = b"schema";
+
+/// Whether a catalog is known to index its store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatalogState {
+    /// Marked with [`SCHEMA_VERSION`] after a complete build: it indexes the store.
+    Current,
+    /// No mark: just created, or recreated after it was lost.
+    Unmarked,
+    /// Marked by another version of the layout.
+    Outdated(u32),
+}
 
 fn expiry_key(at: Timestamp, id: &SegmentId) -> [u8; 24] {
     let mut k = [0u8; 24];
@@ -46,7 +69,8 @@ fn expiry_key(at: Timestamp, id: &SegmentId) -> [u8; 24] {
 struct CameraCounts {
     segments: u64,
     bytes: u64,
-    streams: BTreeSet<StreamName>,
+    /// Each stream with the longest segment indexed on it, in nanoseconds.
+    streams: BTreeMap<StreamName, u64>,
 }
 
 /// One page of a segment listing.
@@ -131,6 +155,33 @@ impl Catalog {
         })
     }
 
+    /// Whether this catalog is marked as indexing its store.
+    pub fn state(&self) -> Result<CatalogState, CatalogError> {
+        match self.db.get_cf(self.cf(CF_META), META_SCHEMA)? {
+            None => Ok(CatalogState::Unmarked),
+            Some(v) => {
+                let v: u32 = decode(META_SCHEMA, &v)?;
+                Ok(if v == SCHEMA_VERSION {
+                    CatalogState::Current
+                } else {
+                    CatalogState::Outdated(v)
+                })
+            }
+        }
+    }
+
+    /// Marks the catalog as indexing its store, durably: call once it was
+    /// built from the store, or when the store holds no segment.
+    pub fn mark_current(&self) -> Result<(), CatalogError> {
+        self.db.put_cf_opt(
+            self.cf(CF_META),
+            META_SCHEMA,
+            encode(&SCHEMA_VERSION),
+            &sync_opts(),
+        )?;
+        Ok(())
+    }
+
     /// Deletes the catalog at `path` (for a rebuild).
     pub fn destroy(path: &Path) -> Result<(), CatalogError> {
         DB::destroy(&Options::default(), path)?;
@@ -144,21 +195,20 @@ impl Catalog {
             .unwrap_or_else(|| unreachable!("column family {name} exists"))
     }
 
-    /// Records that an upload of `id` to `object_key` is in flight, durably.
+    /// Records that an upload of `id` to `object_key` is in flight.
     pub fn add_pending(&self, id: &SegmentId, object_key: &str) -> Result<(), CatalogError> {
-        self.db.put_cf_opt(
-            self.cf(CF_PENDING),
-            id.as_bytes(),
-            object_key.as_bytes(),
-            &sync_opts(),
-        )?;
+        // Not synced: the write-ahead log has it once this returns, which a
+        // process crash (kill -9) does not lose; the synced batch that
+        // indexes the segment makes it durable against power loss with
+        // everything before it.
+        self.db
+            .put_cf(self.cf(CF_PENDING), id.as_bytes(), object_key.as_bytes())?;
         Ok(())
     }
 
     /// Forgets a write intent.
     pub fn remove_pending(&self, id: &SegmentId) -> Result<(), CatalogError> {
-        self.db
-            .delete_cf_opt(self.cf(CF_PENDING), id.as_bytes(), &sync_opts())?;
+        self.db.delete_cf(self.cf(CF_PENDING), id.as_bytes())?;
         Ok(())
     }
 
@@ -183,30 +233,34 @@ impl Catalog {
     }
 
     /// Indexes a stored segment (and clears its write intent), durably and atomically.
-    /// Indexing a segment already present is a no-op.
-    pub fn put_segment(&self, rec: &SegmentRecord) -> Result<(), CatalogError> {
-        self.put_segments(std::slice::from_ref(rec))
+    /// Indexing a segment already present is a no-op; returns whether it was added.
+    pub fn put_segment(&self, rec: &SegmentRecord) -> Result<bool, CatalogError> {
+        Ok(self.put_segments(std::slice::from_ref(rec))? == 1)
     }
 
     /// Indexes many segments in one synced batch (rebuilds, bulk loads).
-    /// Segments already present are skipped.
-    pub fn put_segments(&self, recs: &[SegmentRecord]) -> Result<(), CatalogError> {
+    /// Segments already present are skipped; returns how many were added.
+    pub fn put_segments(&self, recs: &[SegmentRecord]) -> Result<usize, CatalogError> {
         let _guard = self.counts_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut counts: std::collections::BTreeMap<CameraId, CameraCounts> = Default::default();
         let mut seen = std::collections::HashSet::new();
+        let mut added = 0;
         let mut b = WriteBatch::default();
         for rec in recs {
             b.delete_cf(self.cf(CF_PENDING), rec.segment_id.as_bytes());
             if !seen.insert(rec.segment_id) || self.get(&rec.segment_id)?.is_some() {
                 continue;
             }
+            added += 1;
             if !counts.contains_key(&rec.camera) {
                 counts.insert(rec.camera.clone(), self.counts(&rec.camera)?);
             }
             if let Some(c) = counts.get_mut(&rec.camera) {
                 c.segments += 1;
                 c.bytes += rec.size;
-                c.streams.insert(rec.stream.clone());
+                let span = u64::try_from(rec.range.span_nanos()).unwrap_or(0);
+                let longest = c.streams.entry(rec.stream.clone()).or_default();
+                *longest = (*longest).max(span);
             }
             let key = segment_key(&rec.camera, &rec.stream, rec.range.start(), rec.sequence);
             b.put_cf(self.cf(CF_SEGMENTS), &key, encode(rec));
@@ -219,7 +273,7 @@ impl Catalog {
             b.put_cf(self.cf(CF_CAMERAS), camera.as_str().as_bytes(), encode(c));
         }
         self.db.write_opt(b, &sync_opts())?;
-        Ok(())
+        Ok(added)
     }
 
     /// Removes a segment from the index; returns what was removed.
@@ -314,7 +368,7 @@ impl Catalog {
             })?;
             let mut first = Timestamp::MAX;
             let mut last = Timestamp::MIN;
-            for s in &counts.streams {
+            for s in counts.streams.keys() {
                 let p = stream_prefix(&camera, s);
                 if let Some(r) = self.first_with_prefix(&p, Direction::Forward)? {
                     first = first.min(r.range.start());
@@ -329,7 +383,7 @@ impl Catalog {
                 bytes: counts.bytes,
                 first_start: first,
                 last_end: last,
-                streams: counts.streams.into_iter().collect(),
+                streams: counts.streams.into_keys().collect(),
             });
         }
         Ok(out)
@@ -365,30 +419,35 @@ impl Catalog {
     /// Segments of `camera` (one stream, or all with `None`) that overlap
     /// `range`, in (start, stream, sequence) order, `limit` at a time.
     ///
-    /// `max_duration` bounds how long one segment can be: the scan starts that
-    /// much before `range.start()`.
+    /// Each stream's scan starts the longest segment ever indexed on it
+    /// before `range.start()`, so a segment longer than today's limits is
+    /// still found.
     pub fn list_segments(
         &self,
         camera: &CameraId,
         stream: Option<&StreamName>,
         range: &TimeRange,
-        max_duration: std::time::Duration,
         limit: usize,
         page_token: Option<&str>,
     ) -> Result<SegmentPage, CatalogError> {
         let after = page_token.map(decode_token).transpose()?;
-        let streams: Vec<StreamName> = match stream {
-            Some(s) => vec![s.clone()],
-            None => self.counts(camera)?.streams.into_iter().collect(),
+        let counts = self.counts(camera)?;
+        let streams: Vec<(StreamName, u64)> = match stream {
+            Some(s) => counts
+                .streams
+                .get(s)
+                .map(|longest| vec![(s.clone(), *longest)])
+                .unwrap_or_default(),
+            None => counts.streams.into_iter().collect(),
         };
-        let scan_from = range.start().saturating_add(std::time::Duration::ZERO);
-        let scan_from = Timestamp::from_nanos(
-            scan_from
-                .as_nanos()
-                .saturating_sub(i64::try_from(max_duration.as_nanos()).unwrap_or(i64::MAX)),
-        );
         let mut all = Vec::new();
-        for s in &streams {
+        for (s, longest) in &streams {
+            let scan_from = Timestamp::from_nanos(
+                range
+                    .start()
+                    .as_nanos()
+                    .saturating_sub(i64::try_from(*longest).unwrap_or(i64::MAX)),
+            );
             let prefix = stream_prefix(camera, s);
             let mut from = segment_key(camera, s, scan_from, 0);
             if let Some((t, ref ts, seq)) = after {
@@ -446,6 +505,37 @@ impl Catalog {
             segments: all,
             next_page_token,
         })
+    }
+
+    /// Changes many segments' expiries in one synced batch (after a policy
+    /// change); returns how many were indexed.
+    pub fn set_expiries(
+        &self,
+        changes: &[(SegmentId, Option<Timestamp>)],
+    ) -> Result<usize, CatalogError> {
+        let _guard = self.counts_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut b = WriteBatch::default();
+        let mut found = 0;
+        for (id, at) in changes {
+            let Some(mut rec) = self.get(id)? else {
+                continue;
+            };
+            found += 1;
+            if rec.expires_at == *at {
+                continue;
+            }
+            let key = segment_key(&rec.camera, &rec.stream, rec.range.start(), rec.sequence);
+            if let Some(old) = rec.expires_at {
+                b.delete_cf(self.cf(CF_EXPIRY), expiry_key(old, id));
+            }
+            if let Some(new) = at {
+                b.put_cf(self.cf(CF_EXPIRY), expiry_key(*new, id), []);
+            }
+            rec.expires_at = *at;
+            b.put_cf(self.cf(CF_SEGMENTS), &key, encode(&rec));
+        }
+        self.db.write_opt(b, &sync_opts())?;
+        Ok(found)
     }
 
     /// Changes a segment's expiry (after a policy change); returns false if
@@ -635,7 +725,64 @@ mod tests {
         TimeRange::new(Timestamp::from_secs(a), Timestamp::from_secs(b)).unwrap()
     }
 
-    const MAXD: std::time::Duration = std::time::Duration::from_secs(60);
+    #[test]
+    fn a_segment_longer_than_any_limit_is_found_inside() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Catalog::open(dir.path()).unwrap();
+        // A 600 s segment, then short ones: a window inside the long one
+        // must find it, whatever the limits of the day say.
+        c.put_segment(&rec("cam-1", "main", 1000, 600, 0)).unwrap();
+        for i in 0..10 {
+            c.put_segment(&rec("cam-1", "main", 2000 + i * 6, 6, 0))
+                .unwrap();
+        }
+        let cam = CameraId::parse("cam-1").unwrap();
+        let p = c
+            .list_segments(&cam, None, &range(1500, 1510), 100, None)
+            .unwrap();
+        assert_eq!(p.segments.len(), 1, "{:?}", p.segments);
+        assert_eq!(p.segments[0].range, range(1000, 1600));
+        let p = c
+            .list_segments(
+                &cam,
+                Some(&StreamName::main()),
+                &range(1590, 2007),
+                100,
+                None,
+            )
+            .unwrap();
+        assert_eq!(p.segments.len(), 3);
+    }
+
+    #[test]
+    fn a_new_catalog_is_unmarked_until_marked() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Catalog::open(dir.path()).unwrap();
+        assert_eq!(c.state().unwrap(), CatalogState::Unmarked);
+        c.mark_current().unwrap();
+        drop(c);
+        let c = Catalog::open(dir.path()).unwrap();
+        assert_eq!(c.state().unwrap(), CatalogState::Current);
+        drop(c);
+        Catalog::destroy(dir.path()).unwrap();
+        let c = Catalog::open(dir.path()).unwrap();
+        assert_eq!(c.state().unwrap(), CatalogState::Unmarked);
+    }
+
+    #[test]
+    fn expiries_change_in_one_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Catalog::open(dir.path()).unwrap();
+        let recs: Vec<_> = (0..20).map(|i| rec("cam-1", "main", i * 6, 6, 0)).collect();
+        c.put_segments(&recs).unwrap();
+        let changes: Vec<_> = recs
+            .iter()
+            .map(|r| (r.segment_id, Some(Timestamp::from_secs(5))))
+            .collect();
+        assert_eq!(c.set_expiries(&changes).unwrap(), 20);
+        let due = c.expired(Timestamp::from_secs(5), None, 100).unwrap();
+        assert_eq!(due.len(), 20);
+    }
 
     #[test]
     fn time_range_queries_and_paging() {
@@ -650,7 +797,7 @@ mod tests {
         let main = StreamName::main();
         // [10, 20) overlaps segments starting at 6, 12, 18.
         let p = c
-            .list_segments(&cam, Some(&main), &range(10, 20), MAXD, 100, None)
+            .list_segments(&cam, Some(&main), &range(10, 20), 100, None)
             .unwrap();
         let starts: Vec<_> = p
             .segments
@@ -664,7 +811,7 @@ mod tests {
         let mut token = None;
         loop {
             let p = c
-                .list_segments(&cam, None, &range(0, 10_000), MAXD, 7, token.as_deref())
+                .list_segments(&cam, None, &range(0, 10_000), 7, token.as_deref())
                 .unwrap();
             seen.extend(
                 p.segments
@@ -679,7 +826,7 @@ mod tests {
         assert_eq!(seen.len(), 100);
         assert!(seen.windows(2).all(|w| w[0] < w[1]));
         assert!(c
-            .list_segments(&cam, None, &range(0, 1), MAXD, 7, Some("garbage"))
+            .list_segments(&cam, None, &range(0, 1), 7, Some("garbage"))
             .is_err());
     }
 

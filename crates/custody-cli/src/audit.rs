@@ -236,6 +236,7 @@ async fn verify_store(args: &StoreArgs, trusted: Option<&TrustedHead>) -> Result
         s3_endpoint: args.s3_endpoint.clone(),
         s3_region: args.s3_region.clone(),
         s3_allow_http: args.s3_allow_http,
+        ..StoreConfig::default()
     };
     let result = async {
         let store = Store::open(&config, &scratch).await?;

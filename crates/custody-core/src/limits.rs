@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 pub struct Limits {
     /// Largest segment accepted, in bytes (plaintext).
     pub max_segment_bytes: u64,
+    /// Smallest segment accepted, in bytes (plaintext): an empty segment is
+    /// a recorder's fault, not footage, and is refused by default.
+    pub min_segment_bytes: u64,
     /// Longest segment accepted (end - start), in seconds.
     pub max_segment_duration_secs: u64,
     /// Longest time range a listing may ask for, in seconds.
@@ -25,12 +28,16 @@ pub struct Limits {
     /// How far in the future (by the server's clock) a segment may end, in
     /// seconds: footage from a camera with a wrong clock is refused.
     pub max_clock_skew_secs: u64,
+    /// How long an upload may send nothing before the server abandons it,
+    /// in seconds: a frozen client must not hold its segment forever.
+    pub upload_idle_timeout_secs: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_segment_bytes: 256 * 1024 * 1024,
+            min_segment_bytes: 1,
             max_segment_duration_secs: 600,
             max_query_span_secs: 31 * 24 * 3600,
             max_export_span_secs: 24 * 3600,
@@ -38,6 +45,7 @@ impl Default for Limits {
             default_page_size: 100,
             max_message_bytes: 4 * 1024 * 1024,
             max_clock_skew_secs: 300,
+            upload_idle_timeout_secs: 30,
         }
     }
 }
@@ -46,6 +54,11 @@ impl Limits {
     /// `max_segment_duration_secs` as a duration.
     pub fn max_segment_duration(&self) -> Duration {
         Duration::from_secs(self.max_segment_duration_secs)
+    }
+
+    /// `upload_idle_timeout_secs` as a duration.
+    pub fn upload_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.upload_idle_timeout_secs)
     }
 
     /// `max_query_span_secs` as a duration.

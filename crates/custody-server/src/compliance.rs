@@ -323,12 +323,15 @@ impl Judge {
 struct IndexEntry {
     size: u64,
     sha256: [u8; 32],
+    range: TimeRange,
 }
 
 /// The result of examining one listed object.
 struct Examined {
     info: ObjectInfo,
     key: Option<SegmentKey>,
+    /// The range its authenticated header states, when the header opened.
+    range: Option<TimeRange>,
     /// `Ok(plaintext length, footer digest if deep)` or why it failed.
     check: Result<(u64, Option<[u8; 32]>), String>,
     bytes_read: u64,
@@ -353,15 +356,30 @@ impl Tally {
     }
 }
 
-fn segment_of(key: &SegmentKey, object_key: &str, s: &Standing) -> ViolationSegment {
+fn segment_of(
+    key: &SegmentKey,
+    range: TimeRange,
+    object_key: &str,
+    s: &Standing,
+) -> ViolationSegment {
     ViolationSegment {
         segment_id: key.segment_id.to_string(),
         stream: key.stream.to_string(),
-        range: Some(key.range),
+        range: Some(range),
         object_key: object_key.to_string(),
         expires_at: s.expires_at,
         hold_ids: s.hold_ids.iter().map(ToString::to_string).collect(),
     }
+}
+
+/// A one-nanosecond range at `t`: where a segment is known only by its start.
+fn point_range(t: Timestamp) -> TimeRange {
+    let start = t.as_nanos().min(i64::MAX - 1);
+    TimeRange::new(
+        Timestamp::from_nanos(start),
+        Timestamp::from_nanos(start + 1),
+    )
+    .expect("start < start + 1 for start < i64::MAX")
 }
 
 fn detail_of(kind: ViolationKind, s: &Standing, why: Option<&str>) -> String {
@@ -476,6 +494,7 @@ impl Node {
                 IndexEntry {
                     size: r.size,
                     sha256: r.sha256,
+                    range: r.range,
                 },
             );
             true
@@ -547,6 +566,12 @@ impl Node {
                 continue;
             }
             let entry = index.get(&key.segment_id);
+            // The range from the authenticated header; for an object whose
+            // header does not open, what the index says, else its start.
+            let range = ex
+                .range
+                .or(entry.map(|e| e.range))
+                .unwrap_or_else(|| point_range(key.start));
             // Compare with the index: the size (and in deep mode the digest) must agree.
             let check = ex.check.and_then(|(len, sha)| match entry {
                 Some(e) if e.size != len => Err(format!(
@@ -564,7 +589,7 @@ impl Node {
                 },
                 Err(_) => Presence::Corrupt,
             };
-            let standing = judge.standing(&key.camera, &key.range);
+            let standing = judge.standing(&key.camera, &range);
             let policy = judge.policy_text(&key.camera);
             let cam = tally.camera(key.camera.as_str());
             cam.policy = policy;
@@ -580,13 +605,13 @@ impl Node {
                 .spans
                 .entry((key.camera.to_string(), key.stream.to_string()))
                 .or_default()
-                .push(key.range);
+                .push(range);
             if let Some(kind) = kind_of(presence, &standing) {
                 tally.violations.push(Violation {
                     kind,
                     camera: key.camera.to_string(),
                     detail: detail_of(kind, &standing, check.as_ref().err().map(String::as_str)),
-                    segments: vec![segment_of(&key, &object_key, &standing)],
+                    segments: vec![segment_of(&key, range, &object_key, &standing)],
                 });
             }
         }
@@ -600,7 +625,7 @@ impl Node {
             let key = SegmentKey {
                 camera: rec.camera.clone(),
                 stream: rec.stream.clone(),
-                range: rec.range,
+                start: rec.range.start(),
                 sequence: rec.sequence,
                 segment_id: rec.segment_id,
             };
@@ -612,7 +637,7 @@ impl Node {
                     kind,
                     camera: rec.camera.to_string(),
                     detail: detail_of(kind, &standing, None),
-                    segments: vec![segment_of(&key, &rec.object_key, &standing)],
+                    segments: vec![segment_of(&key, rec.range, &rec.object_key, &standing)],
                 });
             }
         }
@@ -676,18 +701,21 @@ impl Node {
             return Examined {
                 info,
                 key: None,
+                range: None,
                 check: Ok((0, None)),
                 bytes_read: 0,
             };
         };
         let mut bytes_read = 0;
+        let mut range = None;
         let check = self
-            .check_object(&info, &key, deep, &mut bytes_read)
+            .check_object(&info, &key, deep, &mut bytes_read, &mut range)
             .await
             .map_err(|e| e.to_string());
         Examined {
             info,
             key: Some(key),
+            range,
             check,
             bytes_read,
         }
@@ -699,12 +727,17 @@ impl Node {
         key: &SegmentKey,
         deep: bool,
         bytes_read: &mut u64,
+        range: &mut Option<TimeRange>,
     ) -> Result<(u64, Option<[u8; 32]>), ServerError> {
         let opened = self.open_object_sized(&info.key, info.size).await?;
         *bytes_read += opened.prefix_len();
         opened.check_expected(&key.camera, &key.segment_id)?;
         let meta = opened.meta();
-        if meta.stream != key.stream || meta.range != key.range || meta.sequence != key.sequence {
+        *range = Some(meta.range);
+        if meta.stream != key.stream
+            || meta.range.start() != key.start
+            || meta.sequence != key.sequence
+        {
             return Err(ServerError::DataLoss(
                 "header does not match the object key".into(),
             ));

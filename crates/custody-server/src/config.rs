@@ -104,6 +104,25 @@ impl Default for ComplianceConfig {
     }
 }
 
+/// The node's catalog. Field names are the `[catalog]` config keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// When the catalog is not known to index the store (it was lost,
+    /// recreated, or written by another layout version) and the store holds
+    /// footage: rebuild it from the store before serving (true), or refuse
+    /// to start, naming `custodyd catalog rebuild` (false).
+    pub rebuild_on_start: bool,
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        CatalogConfig {
+            rebuild_on_start: true,
+        }
+    }
+}
+
 /// A gRPC service that a listener can expose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -241,6 +260,8 @@ pub struct ServerConfig {
     pub audit: AuditConfig,
     /// Compliance reports.
     pub compliance: ComplianceConfig,
+    /// The catalog.
+    pub catalog: CatalogConfig,
 }
 
 impl Default for ServerConfig {
@@ -260,6 +281,7 @@ impl Default for ServerConfig {
             auth: AuthConfig::default(),
             audit: AuditConfig::default(),
             compliance: ComplianceConfig::default(),
+            catalog: CatalogConfig::default(),
         }
     }
 }

@@ -26,6 +26,9 @@ pub enum ServerError {
     /// Stored data is missing or fails authentication: never served.
     #[error("{0}")]
     DataLoss(String),
+    /// The caller was too slow (an upload that went silent).
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// A dependency (store, catalog) is unavailable; retry later.
     #[error("{0}")]
     Unavailable(String),
@@ -44,6 +47,8 @@ impl From<StoreError> for ServerError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Config(m) => ServerError::FailedPrecondition(m),
+            e @ StoreError::NotFound { .. } => ServerError::NotFound(e.to_string()),
+            e @ StoreError::AlreadyExists { .. } => ServerError::AlreadyExists(e.to_string()),
             other => ServerError::Unavailable(other.to_string()),
         }
     }
@@ -60,8 +65,37 @@ impl From<CatalogError> for ServerError {
 }
 
 impl From<CryptoError> for ServerError {
+    /// Each case by what the caller can do: stored bytes that fail
+    /// verification are data loss; a key the keyring lacks or a bad key file
+    /// is the node's configuration; a record the node itself could not seal
+    /// is a bug; a reading failure is the store's.
     fn from(e: CryptoError) -> Self {
-        ServerError::DataLoss(format!("stored segment failed verification: {e}"))
+        use CryptoError as C;
+        match e {
+            C::NotASegment
+            | C::UnsupportedVersion(_)
+            | C::Malformed(_)
+            | C::Truncated { .. }
+            | C::Authentication { .. }
+            | C::Mismatch { .. }
+            | C::WrongRecordKind { .. }
+            | C::BadSignature(_) => {
+                ServerError::DataLoss(format!("stored data failed verification: {e}"))
+            }
+            C::UnknownKey(_)
+            | C::InvalidKeyId(_)
+            | C::KeyFileIo { .. }
+            | C::KeyFilePermissions { .. }
+            | C::KeyFileExists(_)
+            | C::InvalidKeyring { .. }
+            | C::DuplicateKeyId(_) => ServerError::FailedPrecondition(format!("keyring: {e}")),
+            C::InvalidPublicKey(_) => ServerError::Invalid(e.to_string()),
+            C::ChunkOutOfRange { .. } => ServerError::Invalid(e.to_string()),
+            C::Read(_) => ServerError::Unavailable(e.to_string()),
+            C::InvalidChunkSize(_) | C::InvalidRecordKind(_) | C::RecordTooLarge(_) => {
+                ServerError::Internal(format!("sealing: {e}"))
+            }
+        }
     }
 }
 
@@ -76,6 +110,7 @@ impl From<ServerError> for tonic::Status {
             ServerError::Aborted(m) => Status::aborted(m),
             ServerError::DataLoss(m) => Status::data_loss(m),
             ServerError::Unavailable(m) => Status::unavailable(m),
+            ServerError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
             ServerError::Internal(m) => Status::internal(m),
         }
     }

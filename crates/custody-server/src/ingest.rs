@@ -5,10 +5,10 @@ use bytes::Bytes;
 use custody_catalog::SegmentRecord;
 use custody_core::{CameraId, MediaType, SegmentId, StreamName, TimeRange};
 use custody_crypto::{Encryptor, SegmentMeta};
-use custody_store::SegmentKey;
+use custody_store::{SegmentKey, StoreError};
 use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::{Node, ServerError};
 
@@ -79,6 +79,12 @@ impl Node {
             )));
         }
         if let Some(size) = h.size {
+            if size < self.limits.min_segment_bytes {
+                return Err(ServerError::Invalid(format!(
+                    "declared size {size} is below limits.min_segment_bytes = {}",
+                    self.limits.min_segment_bytes
+                )));
+            }
             if size > self.limits.max_segment_bytes {
                 return Err(ServerError::Invalid(format!(
                     "declared size {size} exceeds limits.max_segment_bytes = {}",
@@ -111,17 +117,20 @@ impl Node {
                 "an upload of segment {id} is already in progress; retry"
             ))
         })?;
-        if let Some(existing) = self.catalog.get(&id)? {
-            return self.answer_duplicate(&header, existing, &mut parts).await;
-        }
         let key = SegmentKey {
             camera: header.camera.clone(),
             stream: header.stream.clone(),
-            range: header.range,
+            start: header.range.start(),
             sequence: header.sequence,
             segment_id: id,
         }
         .path();
+        // Whether this is a retry is decided by the store, not only the index:
+        // an index that lost the entry must not let other bytes in.
+        if let Some(existing) = self.stored_segment(&id, &key).await? {
+            let received = receive_all(&mut parts, self.limits.max_segment_bytes).await?;
+            return self.answer_duplicate(&header, existing, received);
+        }
         let meta = SegmentMeta {
             camera: header.camera.clone(),
             stream: header.stream.clone(),
@@ -178,23 +187,14 @@ impl Node {
             }
             let (tail, footer) = enc.finish();
             writer.write(&tail).await?;
-            if let Some(size) = header.size {
-                if size != footer.plaintext_len {
-                    return Err(ServerError::Invalid(format!(
-                        "declared size {size} but received {} bytes; nothing stored",
-                        footer.plaintext_len
-                    )));
-                }
-            }
-            for claimed in [header.sha256, finish_sha].into_iter().flatten() {
-                if claimed != footer.sha256 {
-                    return Err(ServerError::Invalid(format!(
-                        "client sha256 {} does not match received bytes {}; nothing stored",
-                        hex32(&claimed),
-                        hex32(&footer.sha256)
-                    )));
-                }
-            }
+            self.check_claims(
+                &header,
+                &Received {
+                    size: footer.plaintext_len,
+                    sha256: footer.sha256,
+                    finish_sha256: finish_sha,
+                },
+            )?;
             Ok(footer)
         }
         .await;
@@ -207,7 +207,29 @@ impl Node {
                 return Err(e);
             }
         };
-        let stored_size = writer.commit().await?;
+        let (stored_size, pending_sync) = match writer.commit_deferred().await {
+            Ok(c) => c,
+            Err(StoreError::AlreadyExists { .. }) => {
+                // Another writer (a node, a process) stored this id first:
+                // nothing was replaced; answer as a retry of what is there.
+                self.catalog.remove_pending(&id)?;
+                let existing = self.stored_segment(&id, &key).await?.ok_or_else(|| {
+                    ServerError::Unavailable(format!(
+                        "segment {id}: the store refused the write as existing, then had no object; retry"
+                    ))
+                })?;
+                let received = Received {
+                    size: footer.plaintext_len,
+                    sha256: footer.sha256,
+                    finish_sha256: None,
+                };
+                return self.answer_duplicate(&header, existing, received);
+            }
+            Err(e) => {
+                self.catalog.remove_pending(&id)?;
+                return Err(e.into());
+            }
+        };
         let rec = SegmentRecord {
             segment_id: id,
             camera: header.camera,
@@ -223,7 +245,8 @@ impl Node {
             object_key: key.to_string(),
             expires_at: None,
         };
-        let rec = self.index_segment(rec)?;
+        // Durable name and index entry, group-committed with other uploads.
+        let rec = self.committer.commit(rec, pending_sync).await?;
         info!(segment = %id, camera = %rec.camera, range = %rec.range, size = rec.size, "segment stored");
         Ok(IngestReceipt {
             segment_id: id,
@@ -234,52 +257,84 @@ impl Node {
         })
     }
 
-    /// A retry of a stored segment: same bytes → the stored receipt; other
-    /// bytes → ALREADY_EXISTS. Nothing is written either way.
-    async fn answer_duplicate<S>(
+    /// The stored segment with this id, if any: from the index, else from
+    /// the object in the store (authenticated and indexed on the way).
+    async fn stored_segment(
         &self,
-        header: &IngestHeader,
-        existing: SegmentRecord,
-        parts: &mut S,
-    ) -> Result<IngestReceipt, ServerError>
-    where
-        S: Stream<Item = Result<IngestPart, ServerError>> + Unpin + Send,
-    {
-        let mut h = Sha256::new();
-        let mut size = 0u64;
-        loop {
-            match parts.next().await {
-                Some(Ok(IngestPart::Chunk(d))) => {
-                    size += d.len() as u64;
-                    if size > self.limits.max_segment_bytes {
-                        return Err(ServerError::Invalid(format!(
-                            "segment exceeds limits.max_segment_bytes = {}",
-                            self.limits.max_segment_bytes
-                        )));
-                    }
-                    h.update(&d);
-                }
-                Some(Ok(IngestPart::Finish { .. })) => break,
-                Some(Err(e)) => return Err(e),
-                None => {
-                    return Err(ServerError::Invalid(
-                        "upload ended without its finish message".into(),
-                    ))
+        id: &SegmentId,
+        key: &custody_store::ObjectPath,
+    ) -> Result<Option<SegmentRecord>, ServerError> {
+        if let Some(rec) = self.catalog.get(id)? {
+            return Ok(Some(rec));
+        }
+        match self.store.head(key).await {
+            Ok(_) => {}
+            Err(StoreError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        warn!(segment = %id, key = %key, "segment stored but not indexed: indexing it from the store");
+        let rec = self.index_object(key).await.map_err(|e| match e {
+            ServerError::DataLoss(m) => ServerError::DataLoss(format!(
+                "segment {id} is stored as {key} but fails authentication ({m}); it is left as it is"
+            )),
+            other => other,
+        })?;
+        Ok(Some(rec))
+    }
+
+    /// The client's claims (declared size, header and finish digests) against
+    /// the bytes received; the same checks for first uploads and retries.
+    fn check_claims(&self, header: &IngestHeader, got: &Received) -> Result<(), ServerError> {
+        if got.size < self.limits.min_segment_bytes {
+            return Err(ServerError::Invalid(format!(
+                "segment of {} bytes is below limits.min_segment_bytes = {}; nothing stored",
+                got.size, self.limits.min_segment_bytes
+            )));
+        }
+        if let Some(size) = header.size {
+            if size != got.size {
+                return Err(ServerError::Invalid(format!(
+                    "declared size {size} but received {} bytes; nothing stored",
+                    got.size
+                )));
+            }
+        }
+        for (what, claimed) in [("header", header.sha256), ("finish", got.finish_sha256)] {
+            if let Some(claimed) = claimed {
+                if claimed != got.sha256 {
+                    return Err(ServerError::Invalid(format!(
+                        "{what} sha256 {} does not match received bytes {}; nothing stored",
+                        hex32(&claimed),
+                        hex32(&got.sha256)
+                    )));
                 }
             }
         }
-        let digest: [u8; 32] = h.finalize().into();
-        if digest != existing.sha256
+        Ok(())
+    }
+
+    /// A retry of a stored segment: same bytes → the stored receipt; other
+    /// bytes or another range → ALREADY_EXISTS. Nothing is written either way.
+    fn answer_duplicate(
+        &self,
+        header: &IngestHeader,
+        existing: SegmentRecord,
+        received: Received,
+    ) -> Result<IngestReceipt, ServerError> {
+        self.check_claims(header, &received)?;
+        if received.sha256 != existing.sha256
             || existing.media_type != header.media_type
             || existing.range != header.range
         {
             return Err(ServerError::AlreadyExists(format!(
-                "segment {} (camera {}, stream {}, start {}, sequence {}) is already stored with different content (sha256 {})",
+                "segment {} (camera {}, stream {}, start {}, sequence {}) is already stored with different content \
+                 (range {}, sha256 {}); stored footage is never replaced",
                 existing.segment_id,
                 existing.camera,
                 existing.stream,
                 existing.range.start(),
                 existing.sequence,
+                existing.range,
                 hex32(&existing.sha256)
             )));
         }
@@ -291,4 +346,51 @@ impl Node {
             duplicate: true,
         })
     }
+}
+
+/// What a client sent, summarised.
+struct Received {
+    size: u64,
+    sha256: [u8; 32],
+    finish_sha256: Option<[u8; 32]>,
+}
+
+/// Reads an upload to its finish message without storing it (a retry).
+async fn receive_all<S>(parts: &mut S, max_bytes: u64) -> Result<Received, ServerError>
+where
+    S: Stream<Item = Result<IngestPart, ServerError>> + Unpin + Send,
+{
+    let mut h = Sha256::new();
+    let mut size = 0u64;
+    let finish_sha256 = loop {
+        match parts.next().await {
+            Some(Ok(IngestPart::Chunk(d))) => {
+                size += d.len() as u64;
+                if size > max_bytes {
+                    return Err(ServerError::Invalid(format!(
+                        "segment exceeds limits.max_segment_bytes = {max_bytes}"
+                    )));
+                }
+                h.update(&d);
+            }
+            Some(Ok(IngestPart::Finish { sha256 })) => break sha256,
+            Some(Err(e)) => return Err(e),
+            None => {
+                return Err(ServerError::Invalid(
+                    "upload ended without its finish message".into(),
+                ))
+            }
+        }
+    };
+    if let Some(extra) = parts.next().await {
+        extra?;
+        return Err(ServerError::Invalid(
+            "message after the finish message".into(),
+        ));
+    }
+    Ok(Received {
+        size,
+        sha256: h.finalize().into(),
+        finish_sha256,
+    })
 }

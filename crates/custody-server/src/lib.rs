@@ -8,6 +8,7 @@
 mod audit;
 pub mod authz;
 mod caller;
+mod commit;
 mod compliance;
 mod config;
 mod error;
@@ -27,13 +28,13 @@ pub use compliance::{
     ViolationSegment,
 };
 pub use config::{
-    AuditConfig, AuthConfig, ComplianceConfig, KeysConfig, ListenerConfig, ListenerTls,
-    RetentionConfig, ServerConfig, ServiceKind,
+    AuditConfig, AuthConfig, CatalogConfig, ComplianceConfig, KeysConfig, ListenerConfig,
+    ListenerTls, RetentionConfig, ServerConfig, ServiceKind,
 };
 pub use error::ServerError;
 pub use evidence::{signing_key_path, BundlePart, EvidenceScope};
 pub use ingest::{IngestHeader, IngestPart, IngestReceipt};
 pub use node::{load_keyring, Node};
 pub use read::{OpenSegment, DEFAULT_READ_PIECE};
-pub use rebuild::{destroy_catalog, RebuildReport};
+pub use rebuild::RebuildReport;
 pub use retention::{Deletion, HoldCoverage, HoldState, SweepReport};

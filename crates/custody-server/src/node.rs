@@ -3,17 +3,19 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use custody_catalog::Catalog;
+use custody_catalog::{Catalog, CatalogState, SCHEMA_VERSION};
 use custody_core::{Clock, Limits, SegmentId, SystemClock};
 use custody_crypto::{Keyring, SigningKey};
-use custody_store::{ObjectPath, Store, StoreError};
+use custody_store::{ObjectPath, Store};
+use futures::StreamExt;
 use tracing::{info, warn};
 
 use crate::audit::{key_events, AuditEvent, AuditLog};
 use crate::authz::Denials;
+use crate::commit::Committer;
 use crate::identity::RevocationList;
 use crate::retention::Retention;
-use crate::{AuthConfig, ComplianceConfig, ServerConfig, ServerError};
+use crate::{AuthConfig, ComplianceConfig, RebuildReport, ServerConfig, ServerError};
 
 /// One Custody node. Cheap to clone; clones share everything.
 #[derive(Clone)]
@@ -33,6 +35,9 @@ pub struct Node {
     pub(crate) auth: Arc<AuthConfig>,
     pub(crate) denials: Arc<Denials>,
     pub(crate) revoked: Arc<RevocationList>,
+    catalog_dir: std::path::PathBuf,
+    /// Group commit of ingests.
+    pub(crate) committer: Committer,
 }
 
 /// Releases an in-flight upload slot when dropped.
@@ -77,6 +82,81 @@ impl Node {
         config: &ServerConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Node, ServerError> {
+        let node = Self::open_unchecked(config, clock).await?;
+        node.ensure_catalog_covers_store(config.catalog.rebuild_on_start)
+            .await?;
+        node.recover_pending().await?;
+        Ok(node)
+    }
+
+    /// Deletes the catalog and builds it anew from the store: what
+    /// `custodyd catalog rebuild` does. Returns the node and what was found.
+    pub async fn rebuild_catalog(
+        config: &ServerConfig,
+    ) -> Result<(Node, RebuildReport), ServerError> {
+        crate::rebuild::destroy_catalog(config)?;
+        let node = Self::open_unchecked(config, Arc::new(SystemClock)).await?;
+        let report = node.reindex_all().await?;
+        node.catalog.mark_current()?;
+        node.recover_pending().await?;
+        Ok((node, report))
+    }
+
+    /// A catalog that is not marked as indexing the store (just created
+    /// because it was lost, or from another layout) must not serve an
+    /// empty view of a full store: the sweeper would miss expired footage
+    /// and retries could not be told from new uploads. Rebuild it first, or
+    /// refuse to start.
+    async fn ensure_catalog_covers_store(&self, rebuild: bool) -> Result<(), ServerError> {
+        let state = self.catalog.state()?;
+        if state == CatalogState::Current {
+            return Ok(());
+        }
+        let mut listing = self.store.list(&custody_store::layout::segments_prefix());
+        let sample = match listing.next().await {
+            Some(obj) => Some(obj?.key),
+            None => None,
+        };
+        drop(listing);
+        if let Some(sample) = sample {
+            let why = match state {
+                CatalogState::Outdated(v) => format!(
+                    "the catalog at {} has layout version {v}, this custodyd writes {SCHEMA_VERSION}",
+                    self.catalog_dir.display()
+                ),
+                _ => format!(
+                    "the catalog at {} is new (or was lost) but the store {} holds footage (e.g. {sample})",
+                    self.catalog_dir.display(),
+                    self.store.url()
+                ),
+            };
+            if !rebuild {
+                return Err(ServerError::FailedPrecondition(format!(
+                    "{why}: run `custodyd catalog rebuild` (with the same --config/--data-dir) before serving, \
+                     or set [catalog] rebuild_on_start = true"
+                )));
+            }
+            warn!("{why}: rebuilding it from the store before serving");
+            let started = std::time::Instant::now();
+            let report = self.reindex_all().await?;
+            warn!(
+                indexed = report.indexed,
+                foreign = report.foreign.len(),
+                failed = report.failed.len(),
+                conflicts = report.conflicts.len(),
+                secs = started.elapsed().as_secs(),
+                "catalog rebuilt from the store"
+            );
+        }
+        self.catalog.mark_current()?;
+        Ok(())
+    }
+
+    /// Opens everything without checking that the catalog covers the store.
+    async fn open_unchecked(
+        config: &ServerConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Node, ServerError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             ServerError::FailedPrecondition(format!("data dir {}: {e}", config.data_dir.display()))
         })?;
@@ -115,6 +195,8 @@ impl Node {
             )));
         }
         let keyring = Arc::new(keyring);
+        let retention = Arc::new(Retention::new(config.retention.clone()));
+        let committer = Committer::start(store.clone(), catalog.clone(), retention.clone())?;
         let (audit, resumed) = AuditLog::start(
             store.clone(),
             keyring.clone(),
@@ -129,20 +211,21 @@ impl Node {
             limits: config.limits.clone(),
             chunk_size: config.chunk_size,
             clock,
-            retention: Arc::new(Retention::new(config.retention.clone())),
+            retention,
+            committer,
             audit,
             compliance: config.compliance.clone(),
             signing: Arc::new(signing),
             inflight: Arc::new(Mutex::new(HashSet::new())),
             auth: Arc::new(config.auth.clone()),
             denials: Arc::new(Denials::default()),
+            catalog_dir: config.catalog_dir(),
             revoked: Arc::new(
                 RevocationList::open(config.auth.revoked_serials_file.clone())
                     .map_err(ServerError::FailedPrecondition)?,
             ),
         };
         node.load_retention().await?;
-        node.recover_pending().await?;
         let mut events = key_events(&node.keyring, resumed.head.as_ref());
         let mut start = AuditEvent::node("node.start");
         start.detail = format!("store {}", node.store.url());
@@ -185,7 +268,9 @@ impl Node {
     /// Write intents left by a crash: an object that made it to the store
     /// whole is indexed (the client will see its retry answered as a
     /// duplicate); anything else is forgotten. Staging files were already
-    /// discarded when the store opened.
+    /// discarded when the store opened. Objects are only ever linked into
+    /// place whole, so one that fails authentication was not left by the
+    /// crash: it is left where it is, for the compliance report to name.
     async fn recover_pending(&self) -> Result<(), ServerError> {
         for (id, key) in self.catalog.pending()? {
             let path = ObjectPath::from(key.as_str());
@@ -196,12 +281,9 @@ impl Node {
                 Err(ServerError::NotFound(_)) => {
                     info!(segment = %id, key, "dropped upload interrupted by a crash");
                 }
+                Err(e @ (ServerError::Unavailable(_) | ServerError::Internal(_))) => return Err(e),
                 Err(e) => {
-                    warn!(segment = %id, key, error = %e, "interrupted upload left an unreadable object; removing it");
-                    match self.store.delete(&path).await {
-                        Ok(()) | Err(StoreError::NotFound { .. }) => {}
-                        Err(e) => return Err(e.into()),
-                    }
+                    warn!(segment = %id, key, error = %e, "object of an interrupted upload is not indexed; left in place");
                 }
             }
             self.catalog.remove_pending(&id)?;

@@ -1,4 +1,4 @@
-//! The hold fence under a racing sweeper (DESIGN.md, invariant 3 and "The hold
+//! The hold fence under a racing sweeper (ARCHITECTURE.md, invariant 3 and "The hold
 //! fence"): once `create_hold` has returned, no sweep deletes footage the hold
 //! covers — even when the hold lands while a sweep is busy deleting exactly
 //! that footage.

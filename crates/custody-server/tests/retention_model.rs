@@ -1,4 +1,4 @@
-//! Model-based test of retention and legal holds (DESIGN.md invariants 3 and 4).
+//! Model-based test of retention and legal holds (ARCHITECTURE.md, invariants 3 and 4).
 //!
 //! Random histories of ingests (and byte-identical re-uploads), policy
 //! changes, holds, releases, clock moves, sweeps and restarts run against a real [`Node`] (file store and RocksDB
@@ -515,6 +515,7 @@ fn kind(e: &ServerError) -> &'static str {
         ServerError::Aborted(_) => "aborted",
         ServerError::DataLoss(_) => "data loss",
         ServerError::Unavailable(_) => "unavailable",
+        ServerError::DeadlineExceeded(_) => "deadline exceeded",
         ServerError::Internal(_) => "internal",
     }
 }

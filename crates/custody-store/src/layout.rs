@@ -1,14 +1,18 @@
-//! The object layout: every fact needed to rebuild the index is in the key.
+//! The object layout of segments.
 //!
 //! ```text
-//! segments/{camera}/{stream}/{YYYY}/{MM}/{DD}/{HH}/{start}_{end}_{sequence}_{segment_id}.cseg
+//! segments/{camera}/{stream}/{YYYY}/{MM}/{DD}/{HH}/{start}_{sequence}_{segment_id}.cseg
 //! ```
-//! with `start` and `end` as compact UTC instants (`20261124T100000.000000000Z`).
-//! The hour directories keep local directories small; the camera prefix lets
-//! one camera be listed alone.
+//! with `start` as a compact UTC instant (`20261124T100000.000000000Z`).
+//! The key is a function of exactly what the segment id is derived from
+//! (camera, stream, start, sequence): one segment id has one possible key, so
+//! a create-only write can never leave two objects carrying one id. The end
+//! of the range is in the object's authenticated header. The hour
+//! directories keep local directories small; the camera prefix lets one
+//! camera be listed alone.
 
 use chrono::{Datelike, Timelike};
-use custody_core::{CameraId, SegmentId, StreamName, TimeRange, Timestamp};
+use custody_core::{CameraId, SegmentId, StreamName, Timestamp};
 use object_store::path::Path;
 
 /// Top-level prefix of segment objects.
@@ -23,8 +27,8 @@ pub struct SegmentKey {
     pub camera: CameraId,
     /// Stream name.
     pub stream: StreamName,
-    /// Time range covered.
-    pub range: TimeRange,
+    /// Start of the time range covered.
+    pub start: Timestamp,
     /// Upload sequence number.
     pub sequence: u64,
     /// Segment id.
@@ -45,11 +49,10 @@ fn parse_compact(s: &str) -> Option<Timestamp> {
 impl SegmentKey {
     /// The object key of this segment.
     pub fn path(&self) -> Path {
-        let start = self.range.start().to_datetime();
+        let start = self.start.to_datetime();
         let name = format!(
-            "{}_{}_{}_{}.{SEGMENT_EXT}",
-            compact(self.range.start()),
-            compact(self.range.end()),
+            "{}_{}_{}.{SEGMENT_EXT}",
+            compact(self.start),
             self.sequence,
             self.segment_id
         );
@@ -76,22 +79,22 @@ impl SegmentKey {
         let name = parts[7].as_ref().strip_suffix(&format!(".{SEGMENT_EXT}"))?;
         let mut fields = name.split('_');
         let start = parse_compact(fields.next()?)?;
-        let end = parse_compact(fields.next()?)?;
         let sequence = fields.next()?.parse().ok()?;
         let segment_id = SegmentId::parse(fields.next()?).ok()?;
         if fields.next().is_some() {
             return None;
         }
-        let range = TimeRange::new(start, end).ok()?;
         let key = SegmentKey {
             camera,
             stream,
-            range,
+            start,
             sequence,
             segment_id,
         };
-        // The directory part must agree with the name: a moved object is not ours.
-        (key.path() == *path).then_some(key)
+        // The directory part must agree with the name, and the id with what
+        // it is derived from: a moved or renamed object is not ours.
+        let derived = SegmentId::derive(&key.camera, &key.stream, key.start, key.sequence);
+        (key.path() == *path && derived == key.segment_id).then_some(key)
     }
 }
 
@@ -114,28 +117,41 @@ mod tests {
         let camera = CameraId::parse("cam-7").unwrap();
         let stream = StreamName::main();
         let start = Timestamp::parse_rfc3339("2026-11-24T10:00:00.25Z").unwrap();
-        let end = Timestamp::parse_rfc3339("2026-11-24T10:00:06Z").unwrap();
         let key = SegmentKey {
             segment_id: SegmentId::derive(&camera, &stream, start, 3),
             camera,
             stream,
-            range: TimeRange::new(start, end).unwrap(),
+            start,
             sequence: 3,
         };
         let p = key.path();
-        assert!(p
-            .as_ref()
-            .starts_with("segments/cam-7/main/2026/11/24/10/20261124T100000.250000000Z_"));
-        assert_eq!(SegmentKey::parse(&p), Some(key));
+        assert_eq!(
+            p.as_ref(),
+            format!(
+                "segments/cam-7/main/2026/11/24/10/20261124T100000.250000000Z_3_{}.cseg",
+                key.segment_id
+            )
+        );
+        assert_eq!(SegmentKey::parse(&p), Some(key.clone()));
+        // An id that was not derived from the key's fields is not ours.
+        let other = SegmentId::derive(&key.camera, &key.stream, start, 4);
+        let forged = Path::from(
+            p.as_ref()
+                .replace(&key.segment_id.to_string(), &other.to_string()),
+        );
+        assert_eq!(SegmentKey::parse(&forged), None);
     }
 
     #[test]
     fn foreign_or_moved_keys_are_not_parsed() {
         assert_eq!(SegmentKey::parse(&Path::from("segments/x")), None);
         assert_eq!(SegmentKey::parse(&Path::from("holds/abc.rec")), None);
-        let moved = Path::from(
-            "segments/cam-7/main/2026/11/25/10/20261124T100000.250000000Z_20261124T100006.000000000Z_3_0123456789abcdef0123456789abcdef.cseg",
-        );
+        let camera = CameraId::parse("cam-7").unwrap();
+        let start = Timestamp::parse_rfc3339("2026-11-24T10:00:00.25Z").unwrap();
+        let id = SegmentId::derive(&camera, &StreamName::main(), start, 3);
+        let moved = Path::from(format!(
+            "segments/cam-7/main/2026/11/25/10/20261124T100000.250000000Z_3_{id}.cseg"
+        ));
         assert_eq!(SegmentKey::parse(&moved), None);
     }
 }

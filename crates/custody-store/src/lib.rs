@@ -13,4 +13,4 @@ mod store;
 pub use error::StoreError;
 pub use layout::SegmentKey;
 pub use object_store::path::Path as ObjectPath;
-pub use store::{ObjectInfo, ObjectWriter, Store, StoreConfig};
+pub use store::{ObjectInfo, ObjectWriter, PendingSync, Store, StoreConfig};

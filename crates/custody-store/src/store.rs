@@ -18,7 +18,7 @@ use tokio::io::AsyncWriteExt;
 use crate::StoreError;
 
 /// Where objects live. Field names are the `[store]` config keys.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// `file:///path`, `memory://` or `s3://bucket[/prefix]`. Empty means
@@ -30,7 +30,29 @@ pub struct StoreConfig {
     pub s3_region: String,
     /// Allow plain HTTP to the S3 endpoint (loopback test servers).
     pub s3_allow_http: bool,
+    /// Objects up to this size are written to S3 with one create-only PUT
+    /// (`If-None-Match: *`) from memory; larger ones are uploaded in parts
+    /// to a staging key and copied into place create-only.
+    pub s3_single_put_max_bytes: u64,
 }
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: String::new(),
+            s3_endpoint: String::new(),
+            s3_region: String::new(),
+            s3_allow_http: false,
+            s3_single_put_max_bytes: DEFAULT_SINGLE_PUT_MAX_BYTES,
+        }
+    }
+}
+
+/// Default of [`StoreConfig::s3_single_put_max_bytes`].
+pub const DEFAULT_SINGLE_PUT_MAX_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Prefix of objects a large remote write stages before its create-only copy.
+pub const STAGING_PREFIX: &str = "staging";
 
 /// Size and key of a stored object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,10 +64,16 @@ pub struct ObjectInfo {
 }
 
 enum Backend {
-    /// A local directory: writes go through a staging file, fsync and rename.
-    Local { root: PathBuf, staging: PathBuf },
-    /// Anything else: writes go through object_store (atomic on completion).
-    Remote,
+    /// A local directory: writes go through a staging file, fsync and a
+    /// hard link into place (which fails if the name exists).
+    Local {
+        root: PathBuf,
+        staging: PathBuf,
+        /// Directories whose entry in their parent is known durable.
+        durable_dirs: Arc<DurableDirs>,
+    },
+    /// Anything else: create-only PUTs, or parts staged then copied create-only.
+    Remote { single_put_max: usize },
 }
 
 /// An object store with the durability Custody needs.
@@ -91,6 +119,12 @@ impl Store {
             }
             b = b
                 .with_allow_http(config.s3_allow_http)
+                // copy_if_not_exists completes a multipart copy with
+                // If-None-Match: *, which is how large segments land create-only.
+                .with_config(
+                    object_store::aws::AmazonS3ConfigKey::CopyIfNotExists,
+                    "multipart",
+                )
                 .with_retry(object_store::RetryConfig {
                     backoff: object_store::BackoffConfig::default(),
                     max_retries: 4,
@@ -105,9 +139,12 @@ impl Store {
             } else {
                 Arc::new(PrefixStore::new(s3, prefix.trim_matches('/')))
             };
+            let single_put_max = config.s3_single_put_max_bytes.max(1);
             return Ok(Store {
                 inner,
-                backend: Arc::new(Backend::Remote),
+                backend: Arc::new(Backend::Remote {
+                    single_put_max: usize::try_from(single_put_max).unwrap_or(usize::MAX),
+                }),
                 url,
             });
         }
@@ -133,16 +170,26 @@ impl Store {
             .map_err(|e| StoreError::Config(format!("{}: {e}", root.display())))?;
         Ok(Store {
             inner: Arc::new(fs),
-            backend: Arc::new(Backend::Local { root, staging }),
+            backend: Arc::new(Backend::Local {
+                root,
+                staging,
+                durable_dirs: Arc::new(DurableDirs::default()),
+            }),
             url,
         })
     }
 
     /// A store held in memory, for tests.
     pub fn memory() -> Store {
+        Self::memory_with_single_put_max(DEFAULT_SINGLE_PUT_MAX_BYTES as usize)
+    }
+
+    /// A store held in memory whose writes switch to the staged path above
+    /// `single_put_max` bytes, for tests of that path.
+    pub fn memory_with_single_put_max(single_put_max: usize) -> Store {
         Store {
             inner: Arc::new(InMemory::new()),
-            backend: Arc::new(Backend::Remote),
+            backend: Arc::new(Backend::Remote { single_put_max }),
             url: "memory://".to_string(),
         }
     }
@@ -156,15 +203,21 @@ impl Store {
     pub fn local_root(&self) -> Option<&FsPath> {
         match &*self.backend {
             Backend::Local { root, .. } => Some(root),
-            Backend::Remote => None,
+            Backend::Remote { .. } => None,
         }
     }
 
-    /// Starts a streamed write of `key`; nothing is visible until
-    /// [`ObjectWriter::commit`], which returns only once the object is durable.
+    /// Starts a streamed, create-only write of `key`; nothing is visible
+    /// until [`ObjectWriter::commit`], which returns only once the object is
+    /// durable, and fails with [`StoreError::AlreadyExists`] (writing
+    /// nothing) if an object named `key` exists by then.
     pub async fn writer(&self, key: &Path) -> Result<ObjectWriter, StoreError> {
         let inner = match &*self.backend {
-            Backend::Local { root, staging } => {
+            Backend::Local {
+                root,
+                staging,
+                durable_dirs,
+            } => {
                 let tmp = staging.join(format!("{}.tmp", unique_suffix()));
                 let file = tokio::fs::File::create(&tmp)
                     .await
@@ -174,16 +227,14 @@ impl Store {
                     tmp,
                     dest: root.join(key.as_ref()),
                     root: root.clone(),
+                    durable_dirs: durable_dirs.clone(),
                 }
             }
-            Backend::Remote => {
-                let upload = self
-                    .inner
-                    .put_multipart(key)
-                    .await
-                    .map_err(|e| StoreError::backend(key, e))?;
-                WriterInner::Remote(WriteMultipart::new(upload))
-            }
+            Backend::Remote { single_put_max } => WriterInner::Buffered {
+                buf: Vec::new(),
+                max: *single_put_max,
+                store: self.inner.clone(),
+            },
         };
         Ok(ObjectWriter {
             key: key.clone(),
@@ -195,12 +246,17 @@ impl Store {
     /// Writes a small object only if `key` does not exist yet; durable on return.
     pub async fn put_create_only(&self, key: &Path, bytes: Bytes) -> Result<(), StoreError> {
         match &*self.backend {
-            Backend::Local { root, staging } => {
+            Backend::Local {
+                root,
+                staging,
+                durable_dirs,
+            } => {
                 let tmp = staging.join(format!("{}.tmp", unique_suffix()));
                 let dest = root.join(key.as_ref());
                 let root = root.clone();
+                let durable_dirs = durable_dirs.clone();
                 tokio::task::spawn_blocking(move || {
-                    write_durable_local(&tmp, &dest, &root, &bytes, true)
+                    write_durable_local(&tmp, &dest, &root, &durable_dirs, &bytes)
                 })
                 .await
                 .map_err(|e| StoreError::io(key.as_ref(), std::io::Error::other(e)))?
@@ -211,7 +267,7 @@ impl Store {
                     _ => StoreError::io(key.as_ref(), e),
                 })
             }
-            Backend::Remote => {
+            Backend::Remote { .. } => {
                 let opts = PutOptions {
                     mode: PutMode::Create,
                     ..Default::default()
@@ -298,6 +354,18 @@ impl Store {
             .boxed()
     }
 
+    /// Makes the names of committed objects durable: one fsync per distinct
+    /// directory across every [`PendingSync`] given (group commit). Blocking:
+    /// call from a blocking thread.
+    pub fn sync_dirs(&self, pending: &PendingSync) -> Result<(), StoreError> {
+        match &*self.backend {
+            Backend::Local { durable_dirs, .. } => durable_dirs
+                .sync(&pending.dirs)
+                .map_err(|e| StoreError::io("directory sync", e)),
+            Backend::Remote { .. } => Ok(()),
+        }
+    }
+
     /// Deletes an object; deleting a missing object is not an error.
     pub async fn delete(&self, key: &Path) -> Result<(), StoreError> {
         match self.inner.delete(key).await {
@@ -307,6 +375,14 @@ impl Store {
     }
 }
 
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // A random per-process seed; the counter in unique_suffix orders within.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    h.finish()
+}
+
 fn unique_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -314,65 +390,125 @@ fn unique_suffix() -> String {
     format!("{}-{n}", std::process::id())
 }
 
-/// Writes `bytes` to `tmp`, fsyncs, then moves it to `dest` (refusing to
-/// replace when `create_only`), fsyncing every directory it touched.
+/// Writes `bytes` to `tmp`, fsyncs, then links it to `dest` (never replacing
+/// an existing object), fsyncing every directory it touched.
 fn write_durable_local(
     tmp: &FsPath,
     dest: &FsPath,
     root: &FsPath,
+    durable_dirs: &DurableDirs,
     bytes: &[u8],
-    create_only: bool,
 ) -> std::io::Result<()> {
     use std::io::Write;
     let mut f = std::fs::File::create(tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     drop(f);
-    let r = publish_local(tmp, dest, root, create_only);
-    if r.is_err() {
-        let _ = std::fs::remove_file(tmp);
-    }
-    r
+    let dirs = match publish_local(tmp, dest, root, durable_dirs) {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = std::fs::remove_file(tmp);
+            return Err(e);
+        }
+    };
+    durable_dirs.sync(&dirs)
 }
 
-/// Moves a synced staging file into place and makes the move durable.
+/// Links a synced staging file into place, never replacing an existing
+/// object (`link(2)` fails with `EEXIST`). Returns the directories whose
+/// fsync makes the link durable: its own, and the parent of every ancestor
+/// not yet known durable (one another writer may have just created).
 fn publish_local(
     tmp: &FsPath,
     dest: &FsPath,
     root: &FsPath,
-    create_only: bool,
-) -> std::io::Result<()> {
+    durable_dirs: &DurableDirs,
+) -> std::io::Result<Vec<PathBuf>> {
     let parent = dest
         .parent()
         .ok_or_else(|| std::io::Error::other("object key has no parent directory"))?;
-    let mut created = Vec::new();
+    std::fs::create_dir_all(parent)?;
+    std::fs::hard_link(tmp, dest)?;
+    std::fs::remove_file(tmp)?;
+    let mut dirs = vec![parent.to_path_buf()];
     let mut d = parent;
-    while !d.exists() {
-        created.push(d.to_path_buf());
+    while d != root && !durable_dirs.contains(d) {
         match d.parent() {
-            Some(p) if p.starts_with(root) => d = p,
+            Some(p) if p.starts_with(root) => {
+                dirs.push(p.to_path_buf());
+                d = p;
+            }
             _ => break,
         }
     }
-    std::fs::create_dir_all(parent)?;
-    if create_only {
-        std::fs::hard_link(tmp, dest)?;
-        std::fs::remove_file(tmp)?;
-    } else {
-        std::fs::rename(tmp, dest)?;
+    Ok(dirs)
+}
+
+/// Directories known to be durably linked into their parents, so a commit
+/// fsyncs only what it must. Bounded: forgetting only costs extra fsyncs.
+#[derive(Default)]
+struct DurableDirs {
+    known: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
+}
+
+impl DurableDirs {
+    const MAX: usize = 100_000;
+
+    fn contains(&self, dir: &FsPath) -> bool {
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(dir)
     }
-    sync_dir(parent)?;
-    // New directories exist durably only once their parents are synced too.
-    for dir in created {
-        if let Some(p) = dir.parent() {
-            sync_dir(p)?;
+
+    /// Fsyncs each directory once, then remembers their children as durable.
+    fn sync(&self, dirs: &[PathBuf]) -> std::io::Result<()> {
+        let mut unique: Vec<&PathBuf> = dirs.iter().collect();
+        unique.sort();
+        unique.dedup();
+        for d in &unique {
+            sync_dir(d)?;
         }
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() > Self::MAX {
+            known.clear();
+        }
+        // A synced directory makes its entries durable: every directory in
+        // the list below it is now durably linked.
+        for d in dirs {
+            if let Some(p) = d.parent() {
+                if unique.iter().any(|u| u.as_path() == p) {
+                    known.insert(d.clone());
+                }
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 fn sync_dir(dir: &FsPath) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// Directory syncs a committed local object still needs before it is
+/// durable: give them to [`Store::sync_dirs`], alone or with others'
+/// (group commit). Empty for other backends.
+#[derive(Debug, Default)]
+#[must_use = "the object is not durable until its directories are synced"]
+pub struct PendingSync {
+    dirs: Vec<PathBuf>,
+}
+
+impl PendingSync {
+    /// Adds another commit's directories.
+    pub fn merge(&mut self, other: PendingSync) {
+        self.dirs.extend(other.dirs);
+    }
+
+    /// Whether nothing is left to sync.
+    pub fn is_empty(&self) -> bool {
+        self.dirs.is_empty()
+    }
 }
 
 enum WriterInner {
@@ -381,8 +517,21 @@ enum WriterInner {
         tmp: PathBuf,
         dest: PathBuf,
         root: PathBuf,
+        durable_dirs: Arc<DurableDirs>,
     },
-    Remote(WriteMultipart),
+    /// Small so far: held in memory for one create-only PUT.
+    Buffered {
+        buf: Vec<u8>,
+        max: usize,
+        store: Arc<dyn ObjectStore>,
+    },
+    /// Past the single-PUT size: parts go to `staging`, copied create-only
+    /// to the key on commit.
+    Staged {
+        upload: WriteMultipart,
+        staging: Path,
+        store: Arc<dyn ObjectStore>,
+    },
 }
 
 /// A streamed object write in progress. Dropping it without
@@ -401,12 +550,38 @@ impl ObjectWriter {
                 .write_all(data)
                 .await
                 .map_err(|e| StoreError::io(&*tmp, e))?,
-            WriterInner::Remote(w) => {
+            WriterInner::Buffered { buf, max, store } => {
+                if buf.len() + data.len() <= *max {
+                    buf.extend_from_slice(data);
+                } else {
+                    let staging = Path::from_iter([
+                        STAGING_PREFIX.to_string(),
+                        format!("{}-{:016x}.part", unique_suffix(), rand_suffix()),
+                    ]);
+                    let upload = store
+                        .put_multipart(&staging)
+                        .await
+                        .map_err(|e| StoreError::backend(&staging, e))?;
+                    let mut upload = WriteMultipart::new(upload);
+                    upload.write(buf);
+                    upload.write(data);
+                    let store = store.clone();
+                    self.inner = WriterInner::Staged {
+                        upload,
+                        staging,
+                        store,
+                    };
+                }
+            }
+            WriterInner::Staged {
+                upload, staging, ..
+            } => {
                 // Bounded memory: wait until in-flight parts drain below 4.
-                w.wait_for_capacity(4)
+                upload
+                    .wait_for_capacity(4)
                     .await
-                    .map_err(|e| StoreError::backend(&self.key, e))?;
-                w.write(data);
+                    .map_err(|e| StoreError::backend(&*staging, e))?;
+                upload.write(data);
             }
         }
         self.written += data.len() as u64;
@@ -420,12 +595,34 @@ impl ObjectWriter {
 
     /// Makes the object visible and durable; returns its size.
     pub async fn commit(self) -> Result<u64, StoreError> {
+        let store_dirs = match &self.inner {
+            WriterInner::Local { durable_dirs, .. } => Some(durable_dirs.clone()),
+            _ => None,
+        };
+        let (size, pending) = self.commit_deferred().await?;
+        if let Some(durable_dirs) = store_dirs {
+            tokio::task::spawn_blocking(move || durable_dirs.sync(&pending.dirs))
+                .await
+                .map_err(|e| StoreError::io("directory sync", std::io::Error::other(e)))?
+                .map_err(|e| StoreError::io("directory sync", e))?;
+        }
+        Ok(size)
+    }
+
+    /// Makes the object visible with its bytes durable, and returns its
+    /// size and the directory syncs that make its name durable too: the
+    /// caller batches those with other commits' ([`Store::sync_dirs`])
+    /// before acknowledging. Fails with [`StoreError::AlreadyExists`]
+    /// (writing nothing) if the key exists.
+    pub async fn commit_deferred(self) -> Result<(u64, PendingSync), StoreError> {
+        let mut pending = PendingSync::default();
         match self.inner {
             WriterInner::Local {
                 mut file,
                 tmp,
                 dest,
                 root,
+                durable_dirs,
             } => {
                 let sync = async {
                     file.flush().await?;
@@ -437,8 +634,8 @@ impl ObjectWriter {
                 }
                 drop(file);
                 let key = self.key.clone();
-                tokio::task::spawn_blocking(move || {
-                    let r = publish_local(&tmp, &dest, &root, false);
+                pending.dirs = tokio::task::spawn_blocking(move || {
+                    let r = publish_local(&tmp, &dest, &root, &durable_dirs);
                     if r.is_err() {
                         let _ = std::fs::remove_file(&tmp);
                     }
@@ -446,15 +643,43 @@ impl ObjectWriter {
                 })
                 .await
                 .map_err(|e| StoreError::io(key.as_ref(), std::io::Error::other(e)))?
-                .map_err(|e| StoreError::io(key.as_ref(), e))?;
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::AlreadyExists => StoreError::AlreadyExists {
+                        key: key.to_string(),
+                    },
+                    _ => StoreError::io(key.as_ref(), e),
+                })?;
             }
-            WriterInner::Remote(w) => {
-                w.finish()
+            WriterInner::Buffered { buf, store, .. } => {
+                let opts = PutOptions {
+                    mode: PutMode::Create,
+                    ..Default::default()
+                };
+                store
+                    .put_opts(&self.key, PutPayload::from(buf), opts)
                     .await
                     .map_err(|e| StoreError::backend(&self.key, e))?;
             }
+            WriterInner::Staged {
+                upload,
+                staging,
+                store,
+            } => {
+                upload
+                    .finish()
+                    .await
+                    .map_err(|e| StoreError::backend(&staging, e))?;
+                let copied = store
+                    .copy_if_not_exists(&staging, &self.key)
+                    .await
+                    .map_err(|e| StoreError::backend(&self.key, e));
+                if let Err(e) = store.delete(&staging).await {
+                    tracing::warn!(key = %staging, error = %e, "staged part upload left behind");
+                }
+                copied?;
+            }
         }
-        Ok(self.written)
+        Ok((self.written, pending))
     }
 
     /// Abandons the write; nothing becomes visible.
@@ -464,8 +689,9 @@ impl ObjectWriter {
                 drop(file);
                 let _ = tokio::fs::remove_file(&tmp).await;
             }
-            WriterInner::Remote(w) => {
-                let _ = w.abort().await;
+            WriterInner::Buffered { .. } => {}
+            WriterInner::Staged { upload, .. } => {
+                let _ = upload.abort().await;
             }
         }
     }
@@ -530,9 +756,59 @@ mod tests {
         assert!(store.head(&key).await.is_err());
     }
 
+    /// A second streamed write of an existing key fails and changes nothing.
+    async fn never_overwrites(store: &Store, len: usize) {
+        let key = Path::from("segments/c/main/2026/01/01/10/x.cseg");
+        let first = vec![1u8; len];
+        let mut w = store.writer(&key).await.unwrap();
+        w.write(&first).await.unwrap();
+        w.commit().await.unwrap();
+        let mut w = store.writer(&key).await.unwrap();
+        w.write(&vec![2u8; len]).await.unwrap();
+        let again = w.commit().await;
+        assert!(
+            matches!(again, Err(StoreError::AlreadyExists { .. })),
+            "{again:?}"
+        );
+        assert_eq!(store.get(&key).await.unwrap(), Bytes::from(first));
+        // Nothing staged is left behind, whichever path the write took.
+        let staged: Vec<_> = store
+            .list(&Path::from(STAGING_PREFIX))
+            .try_collect()
+            .await
+            .unwrap();
+        assert!(staged.is_empty(), "{staged:?}");
+    }
+
     #[tokio::test]
     async fn memory_store_semantics() {
         roundtrip(&Store::memory()).await;
+        never_overwrites(&Store::memory(), 1000).await;
+    }
+
+    #[tokio::test]
+    async fn large_remote_writes_are_staged_and_copied_create_only() {
+        let store = Store::memory_with_single_put_max(64);
+        roundtrip(&store).await;
+        never_overwrites(&store, 10_000).await;
+    }
+
+    #[tokio::test]
+    async fn local_writes_never_replace_an_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&StoreConfig::default(), dir.path())
+            .await
+            .unwrap();
+        never_overwrites(&store, 1000).await;
+        // A deferred commit is visible at once and made durable by sync_dirs.
+        let key = Path::from("segments/d/main/2026/01/01/10/y.cseg");
+        let mut w = store.writer(&key).await.unwrap();
+        w.write(b"abc").await.unwrap();
+        let (n, pending) = w.commit_deferred().await.unwrap();
+        assert_eq!(n, 3);
+        assert!(!pending.is_empty(), "a new directory chain needs syncs");
+        store.sync_dirs(&pending).unwrap();
+        assert_eq!(store.get(&key).await.unwrap(), Bytes::from_static(b"abc"));
     }
 
     #[tokio::test]

@@ -132,20 +132,28 @@ async fn main() -> Result<()> {
         Command::Catalog {
             command: CatalogCommand::Rebuild,
         } => {
-            custody_server::destroy_catalog(&config)?;
-            let node = Node::open(&config).await?;
-            let report = node.reindex_all().await?;
+            let (node, report) = Node::rebuild_catalog(&config).await?;
             println!(
-                "catalog rebuilt from {}: {} segments indexed, {} foreign objects, {} failed verification",
+                "catalog rebuilt from {}: {} segments indexed, {} foreign objects, {} failed verification, {} segment id conflicts",
                 node.store().url(),
                 report.indexed,
                 report.foreign.len(),
-                report.failed.len()
+                report.failed.len(),
+                report.conflicts.len()
             );
             for (key, why) in &report.failed {
                 println!("  FAILED {key}: {why}");
             }
+            for (key, why) in &report.conflicts {
+                println!("  CONFLICT {key}: {why}");
+            }
             node.audit().close().await?;
+            if !report.conflicts.is_empty() {
+                anyhow::bail!(
+                    "{} objects carry a segment id another object holds; they were left in place, unindexed",
+                    report.conflicts.len()
+                );
+            }
         }
         Command::Config => {
             print!(

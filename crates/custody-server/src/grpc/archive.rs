@@ -86,14 +86,7 @@ impl ArchiveApi {
         let page = self
             .node
             .catalog()
-            .list_segments(
-                &camera,
-                stream.as_ref(),
-                &range,
-                limits.max_segment_duration(),
-                page_size,
-                token,
-            )
+            .list_segments(&camera, stream.as_ref(), &range, page_size, token)
             .map_err(ServerError::from)?;
         Ok(Response::new(pb::ListSegmentsResponse {
             segments: page.segments.iter().map(segment_info).collect(),
@@ -165,7 +158,6 @@ impl ArchiveApi {
                     &camera,
                     Some(&stream),
                     &range,
-                    limits.max_segment_duration(),
                     limits.max_page_size as usize,
                     token.as_deref(),
                 )

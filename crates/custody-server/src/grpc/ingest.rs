@@ -105,7 +105,9 @@ impl IngestApi {
                 caller.principal, h.camera
             )));
         }
-        let parts = stream.map(|m| match m {
+        let idle = self.node.limits().upload_idle_timeout();
+        let max_message = self.node.limits().max_message_bytes;
+        let parts = idle_limited(stream, idle).map(move |m| match m {
             Ok(pb::PutSegmentRequest {
                 part: Some(Part::Chunk(b)),
             }) => Ok(IngestPart::Chunk(b.into())),
@@ -120,10 +122,7 @@ impl IngestApi {
             Ok(pb::PutSegmentRequest { part: None }) => {
                 Err(ServerError::Invalid("empty message in upload".into()))
             }
-            Err(s) => Err(ServerError::Aborted(format!(
-                "upload stream failed: {}; nothing stored",
-                s.message()
-            ))),
+            Err(s) => Err(stream_error(&s, max_message)),
         });
         let receipt = self.node.ingest(h, Box::pin(parts)).await?;
         Ok(Response::new(pb::PutSegmentResponse {
@@ -133,5 +132,51 @@ impl IngestApi {
             sha256: receipt.sha256.to_vec(),
             duplicate: receipt.duplicate,
         }))
+    }
+}
+
+/// Ends an upload stream with an error when no message arrives for `idle`:
+/// a frozen or vanished client releases its segment and staging file instead
+/// of holding them for as long as its connection lives.
+fn idle_limited(
+    stream: Streaming<pb::PutSegmentRequest>,
+    idle: std::time::Duration,
+) -> impl futures::Stream<Item = Result<pb::PutSegmentRequest, Status>> {
+    futures::stream::unfold(Some(stream), move |state| async move {
+        let mut stream = state?;
+        match tokio::time::timeout(idle, stream.next()).await {
+            Ok(Some(item)) => Some((item, Some(stream))),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(Status::deadline_exceeded(format!(
+                    "no message for {} s (limits.upload_idle_timeout_secs); upload abandoned, nothing stored",
+                    idle.as_secs()
+                ))),
+                None,
+            )),
+        }
+    })
+}
+
+/// The error a broken upload stream becomes: a message over the size limit
+/// is the client's mistake (INVALID_ARGUMENT naming the limit), an idle
+/// stream is DEADLINE_EXCEEDED, anything else a transport failure (ABORTED,
+/// retry).
+fn stream_error(s: &Status, max_message: usize) -> ServerError {
+    match s.code() {
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+            if s.message().contains("message length too large") =>
+        {
+            ServerError::Invalid(format!(
+                "a message of the upload is larger than limits.max_message_bytes = {max_message} ({}); \
+                 send smaller chunks; nothing stored",
+                s.message()
+            ))
+        }
+        tonic::Code::DeadlineExceeded => ServerError::DeadlineExceeded(s.message().to_string()),
+        _ => ServerError::Aborted(format!(
+            "upload stream failed: {}; nothing stored",
+            s.message()
+        )),
     }
 }

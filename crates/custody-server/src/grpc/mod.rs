@@ -1,5 +1,6 @@
 //! The gRPC edge: wire ↔ domain conversion, the services, and serving them.
 
+mod accept;
 mod archive;
 mod audit;
 mod compliance;

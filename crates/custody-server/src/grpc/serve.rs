@@ -16,10 +16,11 @@ use custody_proto::v1::node_service_server::NodeServiceServer;
 use custody_proto::v1::policy_service_server::PolicyServiceServer;
 use custody_proto::v1::retention_service_server::RetentionServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_rustls::rustls;
 use tonic::service::RoutesBuilder;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::info;
+
+use super::accept;
 
 use super::{ArchiveApi, AuditApi, ComplianceApi, EvidenceApi, IngestApi, NodeApi, RetentionApi};
 use crate::authz::{Gate, GateConfig};
@@ -29,11 +30,16 @@ use crate::{ListenerConfig, Node, ServerError, ServiceKind};
 const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 /// HTTP/2 flow-control window per connection.
 const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// HTTP/2 PINGs this often on an idle connection...
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(20);
+/// ...and a peer that does not answer within this is disconnected (a frozen
+/// client's uploads end, releasing their segments).
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A bound listener, ready to serve.
 pub struct Serving {
     listener: TcpListener,
-    tls: Option<ServerTlsConfig>,
+    tls: Option<rustls::ServerConfig>,
     /// The listener's configuration.
     pub config: ListenerConfig,
     /// The address actually bound (useful with port 0).
@@ -43,29 +49,11 @@ pub struct Serving {
 impl Serving {
     /// Binds a listener.
     pub async fn bind(config: ListenerConfig) -> Result<Serving, ServerError> {
-        let tls = match &config.tls {
-            None => None,
-            Some(t) => {
-                let read = |what: &str, p: &std::path::Path| {
-                    std::fs::read(p).map_err(|e| {
-                        ServerError::FailedPrecondition(format!(
-                            "listener {}: tls.{what} {}: {e}",
-                            config.name,
-                            p.display()
-                        ))
-                    })
-                };
-                Some(
-                    ServerTlsConfig::new()
-                        .identity(Identity::from_pem(
-                            read("cert", &t.cert)?,
-                            read("key", &t.key)?,
-                        ))
-                        .client_ca_root(Certificate::from_pem(read("client_ca", &t.client_ca)?))
-                        .client_auth_optional(false),
-                )
-            }
-        };
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|t| accept::server_config(&config.name, t))
+            .transpose()?;
         let addr = config.addr.clone();
         let listener = TcpListener::bind(&addr).await.map_err(|e| {
             ServerError::FailedPrecondition(format!(
@@ -92,12 +80,15 @@ async fn routes(
 ) -> Result<RoutesBuilder, ServerError> {
     let max = node.limits().max_message_bytes;
     let (reporter, health) = tonic_health::server::health_reporter();
+    // Reflection describes only the services this listener serves: the
+    // others are cut out of the descriptors, not just left unlisted.
+    let descriptors = served_descriptors(services)?;
     let mut reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(custody_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(&descriptors)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .with_service_name("grpc.health.v1.Health");
     let mut reflection_alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(custody_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(&descriptors)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .with_service_name("grpc.health.v1.Health");
     let mut routes = RoutesBuilder::default();
@@ -179,6 +170,21 @@ async fn routes(
     Ok(routes)
 }
 
+/// Custody's file descriptors with only the `services` kept.
+fn served_descriptors(services: &[ServiceKind]) -> Result<Vec<u8>, ServerError> {
+    use prost::Message;
+    let mut set = prost_types::FileDescriptorSet::decode(custody_proto::FILE_DESCRIPTOR_SET)
+        .map_err(|e| ServerError::Internal(format!("reflection descriptors: {e}")))?;
+    for file in &mut set.file {
+        let package = file.package.clone().unwrap_or_default();
+        file.service.retain(|s| {
+            let full = format!("{package}.{}", s.name.as_deref().unwrap_or_default());
+            services.iter().any(|k| k.grpc_name() == full)
+        });
+    }
+    Ok(set.encode_to_vec())
+}
+
 /// Serves `node` on every bound listener until `shutdown` resolves, then
 /// drains in-flight calls on all of them.
 pub async fn serve(
@@ -206,31 +212,39 @@ pub async fn serve(
             denials: node.denials.clone(),
             node: node.clone(),
         });
-        let mut server = tonic::transport::Server::builder();
-        if let Some(tls) = b.tls {
-            server = server.tls_config(tls).map_err(|e| {
-                ServerError::FailedPrecondition(format!("listener {}: tls: {e}", b.config.name))
-            })?;
-        }
         let mut stop = stop_rx.clone();
         info!(listener = b.config.name, addr = %b.local_addr, services = ?b.config.services, "serving gRPC");
         let name = b.config.name.clone();
+        let router = tonic::transport::Server::builder()
+            .layer(tower_layer::layer_fn(move |inner| {
+                Gate::new(inner, gate.clone())
+            }))
+            // Segments are megabytes: default 64 KiB HTTP/2 windows would
+            // stall every upload on flow control.
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .add_routes(routes.routes());
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        // Sockets are accepted here, not by tonic, so that each gets
+        // TCP_NODELAY and TLS refusals are seen (see `accept`).
+        let node = node.clone();
         tasks.push(tokio::spawn(async move {
-            server
-                .layer(tower_layer::layer_fn(move |inner| {
-                    Gate::new(inner, gate.clone())
-                }))
-                // Segments are megabytes: default 64 KiB HTTP/2 windows would
-                // stall every upload on flow control.
-                .initial_stream_window_size(STREAM_WINDOW)
-                .initial_connection_window_size(CONNECTION_WINDOW)
-                .tcp_nodelay(true)
-                .add_routes(routes.routes())
-                .serve_with_incoming_shutdown(TcpListenerStream::new(b.listener), async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-                .map_err(|e| ServerError::Unavailable(format!("listener {name}: {e}")))
+            let served = match b.tls {
+                Some(tls) => {
+                    let incoming = accept::tls(b.listener, tls, name.clone(), node);
+                    router.serve_with_incoming_shutdown(incoming, stopped).await
+                }
+                None => {
+                    router
+                        .serve_with_incoming_shutdown(accept::plain(b.listener), stopped)
+                        .await
+                }
+            };
+            served.map_err(|e| ServerError::Unavailable(format!("listener {name}: {e}")))
         }));
     }
     shutdown.await;
