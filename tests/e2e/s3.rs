@@ -7,8 +7,8 @@ use crate::testkit;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
-use custody_core::Timestamp;
 use crate::testkit::Server;
+use custody_core::Timestamp;
 
 struct S3Server(Child);
 
