@@ -1,6 +1,8 @@
 //! Connecting to a server and uploading segments.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use custody_core::{TimeRange, Timestamp};
@@ -13,13 +15,21 @@ use tokio::io::AsyncReadExt;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
-/// Bytes per upload message.
+/// Bytes per upload message to start with: a quarter of the server's default
+/// `limits.max_message_bytes` (4 MiB), so the protobuf framing always fits.
 pub const UPLOAD_CHUNK: usize = 1024 * 1024;
+
+/// The smallest upload chunk the client steps down to when the server
+/// refuses a message as too large.
+pub const MIN_UPLOAD_CHUNK: usize = 64 * 1024;
 
 /// A connection to a Custody server.
 #[derive(Clone)]
 pub struct Client {
     channel: Channel,
+    /// Bytes per upload message, lowered for good (for this client and its
+    /// clones) once the server refuses a message as too large.
+    chunk: Arc<AtomicUsize>,
 }
 
 /// What describes one segment to upload.
@@ -60,21 +70,73 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// Whether retrying later may succeed (server down or busy).
+    /// Whether retrying the same request later may succeed: the server is
+    /// down, busy or restarting, or the connection broke (UNAVAILABLE,
+    /// ABORTED, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED other than a message
+    /// size refusal, and the UNKNOWN/CANCELLED that transport failures
+    /// surface as). A refusal of the request itself
+    /// (INVALID_ARGUMENT, ALREADY_EXISTS, PERMISSION_DENIED,
+    /// FAILED_PRECONDITION, ...) is permanent: sending it again gets the same answer.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ClientError::Status(s) => matches!(
-                s.code(),
-                Code::Unavailable
-                    | Code::Unknown
-                    | Code::DeadlineExceeded
-                    | Code::Aborted
-                    | Code::Cancelled
-                    | Code::ResourceExhausted
-            ),
+            ClientError::Status(s) => {
+                !is_message_too_large(s)
+                    && matches!(
+                        s.code(),
+                        Code::Unavailable
+                            | Code::Unknown
+                            | Code::DeadlineExceeded
+                            | Code::Aborted
+                            | Code::Cancelled
+                            | Code::ResourceExhausted
+                    )
+            }
             ClientError::Io { .. } | ClientError::Address(_) | ClientError::Tls(_) => false,
         }
     }
+}
+
+/// Whether the server refused a message as larger than it accepts
+/// (`limits.max_message_bytes`, or gRPC's own decoding limit).
+pub fn is_message_too_large(status: &Status) -> bool {
+    if !matches!(
+        status.code(),
+        Code::InvalidArgument | Code::ResourceExhausted | Code::OutOfRange
+    ) {
+        return false;
+    }
+    let m = status.message().to_ascii_lowercase();
+    m.contains("max_message_bytes")
+        || m.contains("message length too large")
+        || m.contains("message too large")
+        || m.contains("message size")
+}
+
+/// The limit a message-size refusal names: `limits.max_message_bytes = N`
+/// (custodyd) or `the limit is: N bytes` (gRPC's decoder).
+fn limit_named_in(message: &str) -> Option<usize> {
+    ["max_message_bytes = ", "the limit is: "]
+        .iter()
+        .find_map(|marker| {
+            let rest = &message[message.find(marker)? + marker.len()..];
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+}
+
+/// The chunk size to retry with after `current` was refused as too large:
+/// just under the limit the refusal names (leaving room for the message's
+/// framing), else a quarter of `current`; never below [`MIN_UPLOAD_CHUNK`].
+/// `None` when nothing smaller is left to try.
+pub fn smaller_chunk(current: usize, refusal: &Status) -> Option<usize> {
+    const FRAMING: usize = 1024;
+    const ROUND: usize = 16 * 1024;
+    let next = limit_named_in(refusal.message())
+        .map(|limit| limit.saturating_sub(FRAMING) / ROUND * ROUND)
+        .filter(|c| *c < current)
+        .unwrap_or(current / 4)
+        .max(MIN_UPLOAD_CHUNK);
+    (next < current).then_some(next)
 }
 
 /// A status as people read it: code, message and, for transport failures,
@@ -177,6 +239,7 @@ impl Client {
         }
         Ok(Client {
             channel: endpoint.connect_lazy(),
+            chunk: Arc::new(AtomicUsize::new(UPLOAD_CHUNK)),
         })
     }
 
@@ -195,6 +258,43 @@ impl Client {
         IngestServiceClient::new(self.channel.clone())
     }
 
+    /// Bytes per upload message this client currently sends.
+    pub fn upload_chunk(&self) -> usize {
+        self.chunk.load(Ordering::Relaxed)
+    }
+
+    /// Runs `attempt` with the current chunk size; when the server refuses a
+    /// message as too large, lowers the chunk size (for later uploads too)
+    /// and tries again, down to [`MIN_UPLOAD_CHUNK`].
+    async fn with_fitting_chunks<F, Fut>(
+        &self,
+        mut attempt: F,
+    ) -> Result<pb::PutSegmentResponse, ClientError>
+    where
+        F: FnMut(usize) -> Fut,
+        Fut: std::future::Future<Output = Result<pb::PutSegmentResponse, ClientError>>,
+    {
+        loop {
+            let chunk = self.upload_chunk();
+            match attempt(chunk).await {
+                Err(ClientError::Status(s)) if is_message_too_large(&s) => {
+                    let Some(next) = smaller_chunk(chunk, &s) else {
+                        return Err(ClientError::Status(s));
+                    };
+                    tracing::warn!(
+                        from = chunk,
+                        to = next,
+                        refusal = %describe(&s),
+                        "the server refused an upload message as too large; retrying with smaller chunks"
+                    );
+                    // Another upload may have lowered it further meanwhile.
+                    self.chunk.fetch_min(next, Ordering::Relaxed);
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Uploads the bytes in `data`.
     pub async fn put_bytes(
         &self,
@@ -202,18 +302,23 @@ impl Client {
         data: Vec<u8>,
     ) -> Result<pb::PutSegmentResponse, ClientError> {
         let sha: [u8; 32] = Sha256::digest(&data).into();
-        let mut msgs = vec![header_msg(u, Some(data.len() as u64))];
-        for c in data.chunks(UPLOAD_CHUNK) {
-            msgs.push(pb::PutSegmentRequest {
-                part: Some(Part::Chunk(c.to_vec())),
-            });
-        }
-        msgs.push(finish_msg(sha));
-        let resp = self
-            .ingest()
-            .put_segment(futures::stream::iter(msgs))
-            .await?;
-        Ok(resp.into_inner())
+        self.with_fitting_chunks(|chunk| {
+            let mut msgs = vec![header_msg(u, Some(data.len() as u64))];
+            for c in data.chunks(chunk) {
+                msgs.push(pb::PutSegmentRequest {
+                    part: Some(Part::Chunk(c.to_vec())),
+                });
+            }
+            msgs.push(finish_msg(sha));
+            let mut ingest = self.ingest();
+            async move {
+                Ok(ingest
+                    .put_segment(futures::stream::iter(msgs))
+                    .await?
+                    .into_inner())
+            }
+        })
+        .await
     }
 
     /// Streams a file to the server without holding it in memory.
@@ -221,6 +326,16 @@ impl Client {
         &self,
         u: &Upload,
         path: &Path,
+    ) -> Result<pb::PutSegmentResponse, ClientError> {
+        self.with_fitting_chunks(|chunk| self.put_file_chunked(u, path, chunk))
+            .await
+    }
+
+    async fn put_file_chunked(
+        &self,
+        u: &Upload,
+        path: &Path,
+        chunk: usize,
     ) -> Result<pb::PutSegmentResponse, ClientError> {
         let io = |source| ClientError::Io {
             path: path.display().to_string(),
@@ -236,8 +351,8 @@ impl Client {
                 return Ok(());
             }
             loop {
-                let mut buf = vec![0u8; UPLOAD_CHUNK];
-                let n = file.read(&mut buf).await?;
+                let mut buf = vec![0u8; chunk];
+                let n = read_full(&mut file, &mut buf).await?;
                 if n == 0 {
                     break;
                 }
@@ -269,6 +384,18 @@ impl Client {
     }
 }
 
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+async fn read_full(file: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..]).await? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
 fn header_msg(u: &Upload, size: Option<u64>) -> pb::PutSegmentRequest {
     pb::PutSegmentRequest {
         part: Some(Part::Header(pb::SegmentHeader {
@@ -289,5 +416,69 @@ fn finish_msg(sha: [u8; 32]) -> pb::PutSegmentRequest {
         part: Some(Part::Finish(pb::SegmentFinish {
             sha256: sha.to_vec(),
         })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_refusals_are_recognised_and_permanent() {
+        let custodyd = Status::invalid_argument(
+            "a message of the upload is larger than limits.max_message_bytes = 262144 (Error, decoded message length too large: found 1048581 bytes, the limit is: 262144 bytes); send smaller chunks; nothing stored",
+        );
+        assert!(is_message_too_large(&custodyd));
+        assert!(!ClientError::Status(custodyd).is_retryable());
+        let grpc = Status::out_of_range(
+            "Error, decoded message length too large: found 5 bytes, the limit is: 4 bytes",
+        );
+        assert!(is_message_too_large(&grpc));
+        let busy = Status::resource_exhausted("too many uploads in progress");
+        assert!(!is_message_too_large(&busy));
+        assert!(ClientError::Status(busy).is_retryable());
+        assert!(!is_message_too_large(&Status::invalid_argument(
+            "segment of 0 bytes is below limits.min_segment_bytes = 1"
+        )));
+        for code in [
+            Code::InvalidArgument,
+            Code::AlreadyExists,
+            Code::PermissionDenied,
+            Code::FailedPrecondition,
+        ] {
+            assert!(!ClientError::Status(Status::new(code, "no")).is_retryable());
+        }
+        for code in [Code::Unavailable, Code::Aborted, Code::DeadlineExceeded] {
+            assert!(ClientError::Status(Status::new(code, "later")).is_retryable());
+        }
+    }
+
+    #[test]
+    fn chunks_shrink_to_fit_the_named_limit_else_by_quarters_to_a_floor() {
+        let named = |limit: usize| {
+            Status::invalid_argument(format!(
+                "a message of the upload is larger than limits.max_message_bytes = {limit} (...)"
+            ))
+        };
+        // Just under the named limit, leaving room for the framing.
+        let next = smaller_chunk(UPLOAD_CHUNK, &named(262_144)).unwrap();
+        assert!((MIN_UPLOAD_CHUNK..262_144 - 16).contains(&next), "{next}");
+        // gRPC's own wording names the limit too.
+        let grpc = Status::out_of_range(
+            "Error, decoded message length too large: found 1048581 bytes, the limit is: 524288 bytes",
+        );
+        let next = smaller_chunk(UPLOAD_CHUNK, &grpc).unwrap();
+        assert!((262_145..524_288).contains(&next), "{next}");
+        // No limit named: a quarter at a time, then the floor, then give up.
+        let vague = Status::resource_exhausted("message size over the limit");
+        assert_eq!(smaller_chunk(UPLOAD_CHUNK, &vague), Some(256 * 1024));
+        assert_eq!(smaller_chunk(256 * 1024, &vague), Some(MIN_UPLOAD_CHUNK));
+        assert_eq!(smaller_chunk(MIN_UPLOAD_CHUNK, &vague), None);
+        // A limit below the floor still stops at the floor.
+        assert_eq!(
+            smaller_chunk(UPLOAD_CHUNK, &named(10_000)),
+            Some(MIN_UPLOAD_CHUNK)
+        );
+        assert_eq!(smaller_chunk(MIN_UPLOAD_CHUNK, &named(10_000)), None);
     }
 }

@@ -42,7 +42,7 @@ pub enum EvidenceCommand {
         /// ...to this instant (RFC 3339).
         #[arg(long)]
         to: Option<String>,
-        /// Bundle directory to create (must not exist).
+        /// Bundle directory to create (must not exist, or be empty).
         #[arg(long)]
         out: PathBuf,
         /// Principal recorded in the manifest (until mTLS identities exist).
@@ -69,32 +69,117 @@ fn safe_path(p: &str) -> Result<PathBuf> {
     Ok(path.to_path_buf())
 }
 
-/// Writes the bundle streamed by the server into `out`: into `out.partial`
-/// first, renamed when complete, so a failed export leaves no bundle.
-async fn export(client: &Client, req: pb::ExportEvidenceRequest, out: &Path) -> Result<(u64, u64)> {
-    if out.exists() {
-        bail!("{} exists; give a new directory", out.display());
-    }
-    let mut partial = out.as_os_str().to_owned();
+/// The bundle directory `out` names, without trailing slashes or `.`
+/// components (`case-0042/` is `case-0042`), and its sibling `NAME.partial`.
+fn bundle_paths(out: &Path) -> Result<(PathBuf, PathBuf)> {
+    let out: PathBuf = out.components().collect();
+    let Some(name) = out.file_name() else {
+        bail!(
+            "--out {} does not name a directory to create; give e.g. --out case-0042",
+            out.display()
+        );
+    };
+    let mut partial = name.to_owned();
     partial.push(".partial");
-    let partial = PathBuf::from(partial);
-    if partial.exists() {
+    let partial = out.with_file_name(partial);
+    Ok((out, partial))
+}
+
+/// Refuses an `out` that exists, unless it is an empty directory.
+fn check_target(out: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(out) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("checking {}", out.display())),
+        Ok(m) if m.is_dir() => {
+            let mut entries =
+                std::fs::read_dir(out).with_context(|| format!("reading {}", out.display()))?;
+            if entries.next().is_some() {
+                bail!(
+                    "{} exists and is not empty; give a new (or empty) directory",
+                    out.display()
+                );
+            }
+            Ok(())
+        }
+        Ok(_) => bail!(
+            "{} exists and is not a directory; give a new (or empty) directory",
+            out.display()
+        ),
+    }
+}
+
+/// Resolves when the process is asked to stop (Ctrl-C, SIGTERM).
+async fn interrupted() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Writes the bundle streamed by the server into `out`: into `NAME.partial`
+/// next to it first, checked, then renamed to `out` (a new or empty
+/// directory). On any failure, and on Ctrl-C or SIGTERM, the partial
+/// directory is removed: a failed export leaves neither a bundle nor a
+/// half-written one. Returns the final path, files, bytes and the check.
+async fn export(
+    client: &Client,
+    req: pb::ExportEvidenceRequest,
+    out: &Path,
+) -> Result<(PathBuf, u64, u64, VerifyReport)> {
+    let (out, partial) = bundle_paths(out)?;
+    check_target(&out)?;
+    if std::fs::symlink_metadata(&partial).is_ok() {
         std::fs::remove_dir_all(&partial)
-            .with_context(|| format!("removing {}", partial.display()))?;
+            .with_context(|| format!("removing {} left by an earlier export", partial.display()))?;
     }
     std::fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
-    let result = write_bundle(client, req, &partial).await;
-    match result {
-        Ok(n) => {
-            std::fs::rename(&partial, out)
-                .with_context(|| format!("renaming {} to {}", partial.display(), out.display()))?;
-            Ok(n)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&partial);
-            Err(e)
-        }
+    let result = tokio::select! {
+        r = write_checked(client, req, &partial, &out) => r,
+        () = interrupted() => Err(anyhow::anyhow!("interrupted; nothing exported")),
+    };
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&partial);
     }
+    let (files, bytes, check) = result?;
+    Ok((out, files, bytes, check))
+}
+
+/// Writes the bundle into `partial`, verifies it there, and renames it to `out`.
+async fn write_checked(
+    client: &Client,
+    req: pb::ExportEvidenceRequest,
+    partial: &Path,
+    out: &Path,
+) -> Result<(u64, u64, VerifyReport)> {
+    let (files, bytes) = write_bundle(client, req, partial).await?;
+    let check = verify_bundle(partial, None)?;
+    if !check.ok {
+        bail!(
+            "the written bundle does not verify: {}",
+            serde_json::to_string(&check)?
+        );
+    }
+    // Checked again just before: the target may have been filled meanwhile.
+    check_target(out)?;
+    std::fs::rename(partial, out)
+        .with_context(|| format!("renaming {} to {}", partial.display(), out.display()))?;
+    Ok((files, bytes, check))
 }
 
 async fn write_bundle(
@@ -332,14 +417,7 @@ pub async fn evidence(client: &Client, cmd: EvidenceCommand, json_out: bool) -> 
                 },
                 _ => bail!("give --hold ID, or --camera X --from T --to T"),
             };
-            let (files, bytes) = export(client, req, &out).await?;
-            let check = verify_bundle(&out, None)?;
-            if !check.ok {
-                bail!(
-                    "the written bundle does not verify: {}",
-                    serde_json::to_string(&check)?
-                );
-            }
+            let (out, files, bytes, check) = export(client, req, &out).await?;
             if json_out {
                 println!(
                     "{}",

@@ -10,6 +10,7 @@ pub mod certs;
 pub mod client;
 pub mod compliance;
 pub mod evidence;
+pub mod logging;
 pub mod output;
 pub mod retention;
 pub mod watch;

@@ -7,7 +7,19 @@
 //! file's name (wall clock, UTC, at second resolution) plus the stream times
 //! in the list, so consecutive segments tile time exactly.
 //!
-//! Each acknowledged upload is appended (and fsync'd) to a state file in the
+//! Each segment is reported as it is settled (uploaded, already stored, or
+//! refused for good) through the caller's callback; `custody` prints one line
+//! for each.
+//!
+//! A refusal of the segment itself (INVALID_ARGUMENT, ALREADY_EXISTS,
+//! PERMISSION_DENIED, FAILED_PRECONDITION, ...) is permanent: the segment is
+//! recorded as rejected, left on disk, and the watch moves on. A server that
+//! is down, busy or unreachable (UNAVAILABLE, ABORTED, DEADLINE_EXCEEDED,
+//! transport errors) is transient: the same segment is retried with backoff.
+//! A message the server finds too large is retried at once with smaller
+//! chunks (see [`Client::put_file`]).
+//!
+//! Each settled segment is appended (and fsync'd) to a state file in the
 //! watched directory. A crash between acknowledgement and that append only
 //! causes a re-upload, which the server answers as a duplicate (uploads are
 //! idempotent by camera, stream and start): nothing is lost or stored twice.
@@ -131,6 +143,90 @@ pub struct WatchConfig {
     pub max_backoff: Duration,
 }
 
+/// How one listed segment was settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored by this upload.
+    Uploaded,
+    /// The server already had it.
+    Duplicate,
+    /// Refused for good, with the reason; the file is left on disk.
+    Failed(String),
+}
+
+/// One settled segment, as reported to the caller of [`watch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentEvent {
+    /// File name as listed.
+    pub file: String,
+    /// Camera id.
+    pub camera: String,
+    /// Stream name.
+    pub stream: String,
+    /// Real time range.
+    pub range: TimeRange,
+    /// Bytes stored (0 when failed).
+    pub size_bytes: u64,
+    /// Segment id (empty when failed).
+    pub segment_id: String,
+    /// What happened.
+    pub outcome: Outcome,
+}
+
+/// `2026-11-24T10:00:00Z..10:00:02Z`: the end without its date when it is the start's.
+pub fn short_range(r: &TimeRange) -> String {
+    let (s, e) = (r.start().to_string(), r.end().to_string());
+    match (s.split_once('T'), e.split_once('T')) {
+        (Some((sd, _)), Some((ed, et))) if sd == ed => format!("{s}..{et}"),
+        _ => format!("{s}..{e}"),
+    }
+}
+
+impl SegmentEvent {
+    /// One line for people, e.g.
+    /// `uploaded cam-001 2026-11-24T10:00:00Z..10:00:02Z 1234567 bytes segment ID (FILE)`.
+    pub fn line(&self) -> String {
+        let range = short_range(&self.range);
+        match &self.outcome {
+            Outcome::Uploaded | Outcome::Duplicate => format!(
+                "{} {} {range} {} bytes segment {} ({})",
+                if self.outcome == Outcome::Uploaded {
+                    "uploaded"
+                } else {
+                    "duplicate"
+                },
+                self.camera,
+                self.size_bytes,
+                self.segment_id,
+                self.file
+            ),
+            Outcome::Failed(why) => {
+                format!("FAILED {} {range} ({}): {why}", self.camera, self.file)
+            }
+        }
+    }
+
+    /// The same as one JSON object.
+    pub fn json(&self) -> serde_json::Value {
+        let (status, reason) = match &self.outcome {
+            Outcome::Uploaded => ("uploaded", None),
+            Outcome::Duplicate => ("duplicate", None),
+            Outcome::Failed(why) => ("failed", Some(why.as_str())),
+        };
+        serde_json::json!({
+            "status": status,
+            "file": self.file,
+            "camera_id": self.camera,
+            "stream": self.stream,
+            "start": self.range.start().to_string(),
+            "end": self.range.end().to_string(),
+            "size_bytes": self.size_bytes,
+            "segment_id": self.segment_id,
+            "reason": reason,
+        })
+    }
+}
+
 /// What a watch did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct WatchReport {
@@ -162,8 +258,13 @@ fn append_state(path: &Path, status: &str, name: &str, detail: &str) -> std::io:
 }
 
 /// Uploads every closed segment the list names, retrying with backoff while
-/// the server is unavailable; with `once`, returns when the list is drained.
-pub async fn watch(client: &Client, cfg: &WatchConfig) -> Result<WatchReport, String> {
+/// the server is unavailable, and calls `on_segment` as each one is settled;
+/// with `once`, returns when the list is drained.
+pub async fn watch(
+    client: &Client,
+    cfg: &WatchConfig,
+    on_segment: &mut dyn FnMut(&SegmentEvent),
+) -> Result<WatchReport, String> {
     let state_path = cfg.dir.join(STATE_FILE);
     let mut done = load_state(&state_path);
     let mut report = WatchReport::default();
@@ -192,7 +293,7 @@ pub async fn watch(client: &Client, cfg: &WatchConfig) -> Result<WatchReport, St
                 match client.put_file(&upload, &path).await {
                     Ok(r) => break Ok(r),
                     Err(e) if e.is_retryable() => {
-                        warn!(file = %entry.file, error = %e, retry_in = ?backoff, "server unavailable; will retry");
+                        warn!(file = %entry.file, error = %e, retry_in = ?backoff, "server unavailable or busy; will retry");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(cfg.max_backoff);
                     }
@@ -200,15 +301,28 @@ pub async fn watch(client: &Client, cfg: &WatchConfig) -> Result<WatchReport, St
                 }
             };
             let state_err = |e: std::io::Error| format!("{}: {e}", state_path.display());
+            let mut event = SegmentEvent {
+                file: entry.file.clone(),
+                camera: cfg.camera.clone(),
+                stream: cfg.stream.clone(),
+                range,
+                size_bytes: 0,
+                segment_id: String::new(),
+                outcome: Outcome::Uploaded,
+            };
             match outcome {
                 Ok(r) => {
                     append_state(&state_path, "stored", &entry.file, &r.segment_id)
                         .map_err(state_err)?;
                     if r.duplicate {
                         report.duplicates += 1;
+                        event.outcome = Outcome::Duplicate;
                     } else {
                         report.uploaded += 1;
                     }
+                    event.size_bytes = r.size_bytes;
+                    event.segment_id = r.segment_id.clone();
+                    on_segment(&event);
                     info!(file = %entry.file, segment = %r.segment_id, %range, duplicate = r.duplicate, "uploaded");
                     if cfg.delete_after_upload {
                         if let Err(e) = tokio::fs::remove_file(&path).await {
@@ -223,9 +337,17 @@ pub async fn watch(client: &Client, cfg: &WatchConfig) -> Result<WatchReport, St
                 }
                 Err(e) => {
                     warn!(file = %entry.file, error = %e, "server refused segment; left on disk");
-                    append_state(&state_path, "rejected", &entry.file, &e.to_string())
-                        .map_err(state_err)?;
-                    report.rejected.push((entry.file.clone(), e.to_string()));
+                    let why = e.to_string();
+                    append_state(
+                        &state_path,
+                        "rejected",
+                        &entry.file,
+                        &why.replace(['\t', '\n', '\r'], " "),
+                    )
+                    .map_err(state_err)?;
+                    event.outcome = Outcome::Failed(why.clone());
+                    on_segment(&event);
+                    report.rejected.push((entry.file.clone(), why));
                 }
             }
             done.insert(entry.file.clone());
@@ -265,5 +387,37 @@ mod tests {
             Timestamp::parse_rfc3339("2026-11-24T10:00:12Z").unwrap()
         );
         assert!(real_ranges(&parse_csv_list("nodate.ts,0,1\n"), "%Y%m%d-%H%M%S").is_err());
+    }
+
+    #[test]
+    fn segment_lines_name_camera_range_size_and_id() {
+        let t = |s| Timestamp::parse_rfc3339(s).unwrap();
+        let mut e = SegmentEvent {
+            file: "c-20261124-100000.ts".into(),
+            camera: "cam-001".into(),
+            stream: "main".into(),
+            range: TimeRange::new(t("2026-11-24T10:00:00Z"), t("2026-11-24T10:00:02Z")).unwrap(),
+            size_bytes: 1234567,
+            segment_id: "abc".into(),
+            outcome: Outcome::Uploaded,
+        };
+        assert_eq!(
+            e.line(),
+            "uploaded cam-001 2026-11-24T10:00:00Z..10:00:02Z 1234567 bytes segment abc (c-20261124-100000.ts)"
+        );
+        e.outcome = Outcome::Duplicate;
+        assert!(e.line().starts_with("duplicate cam-001 "));
+        e.outcome = Outcome::Failed("InvalidArgument: empty".into());
+        assert_eq!(
+            e.line(),
+            "FAILED cam-001 2026-11-24T10:00:00Z..10:00:02Z (c-20261124-100000.ts): InvalidArgument: empty"
+        );
+        assert_eq!(e.json()["status"], "failed");
+        let across_midnight =
+            TimeRange::new(t("2026-11-24T23:59:59Z"), t("2026-11-25T00:00:01Z")).unwrap();
+        assert_eq!(
+            short_range(&across_midnight),
+            "2026-11-24T23:59:59Z..2026-11-25T00:00:01Z"
+        );
     }
 }

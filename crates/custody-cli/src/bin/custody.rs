@@ -1,13 +1,14 @@
 //! `custody`: the Custody command-line client.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use custody_cli::client::{describe, media_type_for, ts, Client, ClientTls, Upload};
 use custody_cli::output;
-use custody_cli::watch::{watch, WatchConfig};
+use custody_cli::watch::{watch, SegmentEvent, WatchConfig};
 use custody_core::{TimeRange, Timestamp};
 use custody_proto::v1 as pb;
 use custody_proto::v1::node_service_client::NodeServiceClient;
@@ -68,7 +69,7 @@ enum Command {
     Get {
         /// Segment id.
         segment_id: String,
-        /// Output file.
+        /// Output file; `-` for stdout.
         #[arg(short, long)]
         output: PathBuf,
         /// First byte to read.
@@ -91,7 +92,7 @@ enum Command {
         /// Stream.
         #[arg(long, default_value = "main")]
         stream: String,
-        /// Output file.
+        /// Output file; `-` for stdout.
         #[arg(short, long)]
         output: PathBuf,
     },
@@ -225,11 +226,31 @@ async fn ingest(client: &Client, a: IngestArgs, json_out: bool) -> Result<()> {
             poll: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
         };
-        let r = watch(client, &cfg).await.map_err(anyhow::Error::msg)?;
+        // One line per settled segment as it happens (JSON lines while
+        // following; with --once and --json, one document at the end).
+        let mut settled = Vec::new();
+        let mut on_segment = |e: &SegmentEvent| {
+            if json_out && a.once {
+                settled.push(e.json());
+                return;
+            }
+            let line = if json_out {
+                e.json().to_string()
+            } else {
+                e.line()
+            };
+            let mut out = std::io::stdout().lock();
+            // A closed stdout must not stop the uploads.
+            let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+        };
+        let r = watch(client, &cfg, &mut on_segment)
+            .await
+            .map_err(anyhow::Error::msg)?;
         if json_out {
             println!(
                 "{}",
-                json!({"uploaded": r.uploaded, "duplicates": r.duplicates, "rejected": r.rejected})
+                json!({"uploaded": r.uploaded, "duplicates": r.duplicates, "rejected": r.rejected,
+                       "segments": settled})
             );
         } else {
             println!(
@@ -306,41 +327,93 @@ async fn ingest(client: &Client, a: IngestArgs, json_out: bool) -> Result<()> {
     Ok(())
 }
 
-async fn write_stream<S>(mut s: S, output: &PathBuf) -> Result<u64>
+/// Whether `-o PATH` means stdout.
+fn is_stdout(output: &Path) -> bool {
+    output.as_os_str() == "-"
+}
+
+/// Writes the streamed bytes to `output`: stdout for `-`; else a
+/// `PATH.partial` file renamed into place when complete, removed on any failure.
+async fn write_stream<S>(s: S, output: &Path) -> Result<u64>
 where
     S: futures::Stream<Item = Result<Vec<u8>, tonic::Status>> + Unpin,
 {
-    let tmp = output.with_extension("partial");
-    let mut f = tokio::fs::File::create(&tmp)
-        .await
-        .with_context(|| format!("creating {}", tmp.display()))?;
+    if is_stdout(output) {
+        return copy_to_stdout(s).await;
+    }
+    let mut tmp = output.as_os_str().to_owned();
+    tmp.push(".partial");
+    let tmp = PathBuf::from(tmp);
+    let result = async {
+        let mut f = tokio::fs::File::create(&tmp)
+            .await
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        let n = copy_stream(s, &mut f, &tmp.display().to_string()).await?;
+        f.flush().await?;
+        f.sync_all().await?;
+        drop(f);
+        tokio::fs::rename(&tmp, output)
+            .await
+            .with_context(|| format!("renaming {} to {}", tmp.display(), output.display()))?;
+        Ok(n)
+    }
+    .await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(&tmp).await;
+    }
+    result
+}
+
+async fn copy_to_stdout<S>(mut s: S) -> Result<u64>
+where
+    S: futures::Stream<Item = Result<Vec<u8>, tonic::Status>> + Unpin,
+{
     let mut n = 0u64;
     while let Some(piece) = s.next().await {
-        let piece = match piece {
-            Ok(p) => p,
-            Err(e) => {
-                drop(f);
-                let _ = tokio::fs::remove_file(&tmp).await;
-                bail!("{}", describe(&e));
-            }
-        };
+        let piece = piece.map_err(|e| anyhow::anyhow!("{}", describe(&e)))?;
+        std::io::stdout()
+            .write_all(&piece)
+            .context("writing stdout")?;
         n += piece.len() as u64;
-        f.write_all(&piece).await?;
     }
-    f.flush().await?;
-    f.sync_all().await?;
-    tokio::fs::rename(&tmp, output).await?;
+    std::io::stdout().flush().context("writing stdout")?;
     Ok(n)
+}
+
+async fn copy_stream<S, W>(mut s: S, out: &mut W, name: &str) -> Result<u64>
+where
+    S: futures::Stream<Item = Result<Vec<u8>, tonic::Status>> + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut n = 0u64;
+    while let Some(piece) = s.next().await {
+        let piece = piece.map_err(|e| anyhow::anyhow!("{}", describe(&e)))?;
+        out.write_all(&piece)
+            .await
+            .with_context(|| format!("writing {name}"))?;
+        n += piece.len() as u64;
+    }
+    Ok(n)
+}
+
+/// Reports what `get`/`export` wrote: on stdout, or on stderr when the
+/// bytes themselves went to stdout.
+fn report_written(output: &Path, json_line: serde_json::Value, human: String, json_out: bool) {
+    let line = if json_out {
+        json_line.to_string()
+    } else {
+        human
+    };
+    if is_stdout(output) {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    custody_cli::logging::init("warn");
     let cli = Cli::parse();
     if let Command::Certs { command } = cli.command {
         return custody_cli::certs::run(command, cli.json);
@@ -436,14 +509,12 @@ async fn main() -> Result<()> {
                 .into_inner()
                 .map(|m| m.map(|m| m.data));
             let n = write_stream(s, &output).await?;
-            if cli.json {
-                println!(
-                    "{}",
-                    json!({"segment_id": segment_id, "bytes": n, "output": output})
-                );
-            } else {
-                println!("{segment_id}: {n} bytes → {}", output.display());
-            }
+            report_written(
+                &output,
+                json!({"segment_id": segment_id, "bytes": n, "output": output}),
+                format!("{segment_id}: {n} bytes → {}", output.display()),
+                cli.json,
+            );
         }
         Command::Export {
             camera,
@@ -472,17 +543,15 @@ async fn main() -> Result<()> {
                 })
             });
             let n = write_stream(s, &output).await?;
-            if cli.json {
-                println!(
-                    "{}",
-                    json!({"camera_id": camera, "segments": segments, "bytes": n, "output": output})
-                );
-            } else {
-                println!(
+            report_written(
+                &output,
+                json!({"camera_id": camera, "segments": segments, "bytes": n, "output": output}),
+                format!(
                     "{camera} {range}: {segments} segments, {n} bytes → {}",
                     output.display()
-                );
-            }
+                ),
+                cli.json,
+            );
         }
         Command::Policy { command } => {
             custody_cli::retention::policy(&client, command, cli.json).await?
