@@ -416,3 +416,27 @@ async fn retries_are_held_to_the_same_claims_and_empty_segments_are_refused() {
     );
     assert_eq!(stored_objects(&data).len(), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_and_exports_fit_a_lowered_message_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path(), "[limits]\nmax_message_bytes = 262144\n");
+    let server = Server::start(&tmp.path().join("data"), Some(&config));
+    let data: Vec<u8> = (0..900_000u32).map(|i| (i % 253) as u8).collect();
+    let r = put_bytes(&server, "cam-6", secs(0), secs(6), &data)
+        .await
+        .unwrap();
+    assert_eq!(read_all(&server, &r.segment_id).await.unwrap(), data);
+    let out = tmp.path().join("clip.ts");
+    server.custody_ok(&[
+        "export",
+        "cam-6",
+        "--from",
+        "2026-01-01T10:00:00Z",
+        "--to",
+        "2026-01-01T10:00:06Z",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+}

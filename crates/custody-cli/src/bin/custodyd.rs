@@ -89,12 +89,7 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    custody_cli::logging::init("info");
     let args = Args::parse();
     let config = load_config(&args)?;
     match args.command.unwrap_or(Command::Serve) {

@@ -13,6 +13,33 @@ use crate::{Caller, Node, OpenSegment, ServerError};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// Room left in a message for everything but the data (field tags, the
+/// segment info of a first message).
+const MESSAGE_OVERHEAD: usize = 64 * 1024;
+
+/// Re-cuts plaintext pieces so that no message carries more than fits under
+/// `limits.max_message_bytes`, whatever the size of the pieces decrypted.
+fn fit_messages(
+    pieces: impl Stream<Item = Result<bytes::Bytes, ServerError>> + Send + 'static,
+    max_message: usize,
+) -> impl Stream<Item = Result<bytes::Bytes, ServerError>> + Send + 'static {
+    let max = max_message.saturating_sub(MESSAGE_OVERHEAD).max(4096);
+    pieces.flat_map(move |piece| {
+        let parts: Vec<Result<bytes::Bytes, ServerError>> = match piece {
+            Ok(mut b) => {
+                let mut parts = Vec::with_capacity(b.len() / max + 1);
+                while b.len() > max {
+                    parts.push(Ok(b.split_to(max)));
+                }
+                parts.push(Ok(b));
+                parts
+            }
+            Err(e) => vec![Err(e)],
+        };
+        futures::stream::iter(parts)
+    })
+}
+
 /// The archive service over a node.
 #[derive(Clone)]
 pub struct ArchiveApi {
@@ -124,7 +151,8 @@ impl ArchiveApi {
             return Ok(Response::new(Box::pin(futures::stream::iter([Ok(only)]))));
         }
         let mut info = Some(info);
-        let out = self.node.read_plaintext(seg, r.offset..end).map(move |b| {
+        let max = self.node.limits().max_message_bytes;
+        let out = fit_messages(self.node.read_plaintext(seg, r.offset..end), max).map(move |b| {
             let data = b?;
             Ok(pb::ReadSegmentResponse {
                 info: info.take(),
@@ -185,19 +213,19 @@ impl ArchiveApi {
             opened.push(self.node.open_segment(&rec.segment_id).await?);
         }
         let node = self.node.clone();
+        let max = self.node.limits().max_message_bytes;
         let mut infos = Some(records.iter().map(segment_info).collect::<Vec<_>>());
-        let out = futures::stream::iter(opened)
-            .flat_map(move |seg| {
-                let len = seg.record.size;
-                node.read_plaintext(seg, 0..len)
+        let pieces = futures::stream::iter(opened).flat_map(move |seg| {
+            let len = seg.record.size;
+            node.read_plaintext(seg, 0..len)
+        });
+        let out = fit_messages(pieces, max).map(move |b| {
+            let data = b?;
+            Ok(pb::ExportClipResponse {
+                segments: infos.take().unwrap_or_default(),
+                data: data.to_vec(),
             })
-            .map(move |b| {
-                let data = b?;
-                Ok(pb::ExportClipResponse {
-                    segments: infos.take().unwrap_or_default(),
-                    data: data.to_vec(),
-                })
-            });
+        });
         Ok(Response::new(Box::pin(out)))
     }
 }
