@@ -415,6 +415,24 @@ async fn retries_are_held_to_the_same_claims_and_empty_segments_are_refused() {
         e.message()
     );
     assert_eq!(stored_objects(&data).len(), before);
+
+    // A unary request over the limit too (tonic refuses it before any
+    // handler runs).
+    let e = server
+        .archive()
+        .await
+        .list_segments(pb::ListSegmentsRequest {
+            camera_id: "x".repeat(5 << 20),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message().contains("limits.max_message_bytes"),
+        "{}",
+        e.message()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

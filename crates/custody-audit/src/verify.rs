@@ -115,10 +115,33 @@ impl VerifyReport {
     }
 }
 
+/// An authentic record in the place its sequence number names.
 struct Placed {
     record: AuditRecord,
     digest: Digest,
     object: String,
+}
+
+/// A batch object as listed: the sequence range its key names, key and bytes.
+type ListedBatch<'a> = (u64, u64, &'a String, &'a [u8]);
+
+/// A head object as listed: the sequence number its key names, key and bytes.
+type ListedHead<'a> = (u64, &'a String, &'a Vec<u8>);
+
+/// A checkpoint's word on a record: its seq, its digest, and who says so.
+type Claim = (u64, Digest, String);
+
+/// What the checks have established so far.
+#[derive(Default)]
+struct Verifier {
+    problems: Vec<Problem>,
+    placed: BTreeMap<u64, Placed>,
+    /// Ranges already reported (so a bad object is not also "removed").
+    accounted: Vec<(u64, u64)>,
+    /// Objects (or their tails) failing authentication: range, key, why.
+    forged: Vec<(u64, u64, String, String)>,
+    /// Authentic objects holding records their key does not name.
+    misplaced: Vec<(u64, u64, String, Vec<AuditRecord>)>,
 }
 
 /// Verifies a chain from its objects (`key`, bytes) — every object under
@@ -129,37 +152,63 @@ pub fn verify(
     keyring: &Keyring,
     trusted: Option<&TrustedHead>,
 ) -> VerifyReport {
-    let mut report = VerifyReport::default();
-    let mut problems = Vec::new();
-    let mut placed: BTreeMap<u64, Placed> = BTreeMap::new();
-    // Ranges already reported (so a bad object is not also "removed").
-    let mut accounted: Vec<(u64, u64)> = Vec::new();
-    let mut forged = Vec::new();
-    let mut misplaced = Vec::new();
-    let mut heads = Vec::new();
-
-    let mut batches: Vec<(u64, u64, &String, &[u8])> = Vec::new();
-    for (key, bytes) in objects {
-        match parse_key(key) {
-            Some(ObjectName::Batch { first, last }) => {
-                batches.push((first, last, key, bytes.as_slice()))
-            }
-            Some(ObjectName::Head { seq }) => heads.push((seq, key, bytes)),
-            None => problems.push(Problem {
-                kind: ProblemKind::Inserted,
-                first_seq: 0,
-                last_seq: 0,
-                object: key.clone(),
-                message: "not an audit object custody writes".to_string(),
-            }),
-        }
-    }
-    batches.sort_by_key(|b| (b.0, b.1));
-    report.batches = batches.len() as u64;
-    report.heads = heads.len() as u64;
-
+    let mut v = Verifier::default();
+    let (batches, heads) = v.sort_objects(objects);
+    let mut report = VerifyReport {
+        batches: batches.len() as u64,
+        heads: heads.len() as u64,
+        ..VerifyReport::default()
+    };
     // Authentic records in range are placed; the rest is sorted out below.
-    for (first, last, key, bytes) in batches {
+    for batch in batches {
+        v.place_batch(keyring, batch);
+    }
+    v.report_misplaced();
+    v.report_forged();
+    let max_seq = v.walk_chain(&mut report);
+    // Checkpoints: the store's heads, then the verifier's own.
+    let mut claims = v.read_heads(keyring, heads);
+    if let Some(t) = trusted {
+        claims.push((t.seq, t.digest, "the trusted head".to_string()));
+    }
+    v.check_claims(claims, max_seq);
+    v.problems
+        .sort_by_key(|p| (p.first_seq, p.kind, p.object.clone()));
+    report.problems = v.problems;
+    report
+}
+
+impl Verifier {
+    /// Splits the objects into batches (by range) and heads by their keys;
+    /// any other key is inserted.
+    fn sort_objects<'a>(
+        &mut self,
+        objects: &'a [(String, Vec<u8>)],
+    ) -> (Vec<ListedBatch<'a>>, Vec<ListedHead<'a>>) {
+        let mut batches: Vec<ListedBatch<'a>> = Vec::new();
+        let mut heads = Vec::new();
+        for (key, bytes) in objects {
+            match parse_key(key) {
+                Some(ObjectName::Batch { first, last }) => {
+                    batches.push((first, last, key, bytes.as_slice()))
+                }
+                Some(ObjectName::Head { seq }) => heads.push((seq, key, bytes)),
+                None => self.problems.push(Problem {
+                    kind: ProblemKind::Inserted,
+                    first_seq: 0,
+                    last_seq: 0,
+                    object: key.clone(),
+                    message: "not an audit object custody writes".to_string(),
+                }),
+            }
+        }
+        batches.sort_by_key(|b| (b.0, b.1));
+        (batches, heads)
+    }
+
+    /// Opens one batch: places its authentic records in range, and sets
+    /// aside strays, pieces failing authentication and an unreadable tail.
+    fn place_batch(&mut self, keyring: &Keyring, (first, last, key, bytes): ListedBatch<'_>) {
         let opened = open_batch(keyring, bytes);
         let pieces = opened.records.len() as u64;
         let mut strays = Vec::new();
@@ -167,8 +216,8 @@ pub fn verify(
             match piece {
                 Ok(record) if (first..=last).contains(&record.seq) => {
                     let seq = record.seq;
-                    if let Some(other) = placed.get(&seq) {
-                        problems.push(Problem {
+                    if let Some(other) = self.placed.get(&seq) {
+                        self.problems.push(Problem {
                             kind: ProblemKind::Inserted,
                             first_seq: seq,
                             last_seq: seq,
@@ -184,7 +233,7 @@ pub fn verify(
                         });
                         continue;
                     }
-                    placed.insert(
+                    self.placed.insert(
                         seq,
                         Placed {
                             digest: record.digest(),
@@ -194,200 +243,224 @@ pub fn verify(
                     );
                 }
                 Ok(record) => strays.push(record),
-                Err(e) => forged.push((seq, seq, key.clone(), e.to_string())),
+                Err(e) => self.forged.push((seq, seq, key.clone(), e.to_string())),
             }
         }
         match opened.unreadable_tail {
-            Some(why) => forged.push((
+            Some(why) => self.forged.push((
                 (first + pieces).min(last),
                 last,
                 key.clone(),
                 format!("unreadable from its record {}: {why}", pieces + 1),
             )),
             None if pieces == 0 => {
-                forged.push((first, last, key.clone(), "the object is empty".into()))
+                self.forged
+                    .push((first, last, key.clone(), "the object is empty".into()))
             }
             None => {}
         }
         if !strays.is_empty() {
-            misplaced.push((first, last, key.clone(), strays));
+            self.misplaced.push((first, last, key.clone(), strays));
         }
     }
 
-    for (first, last, key, records) in misplaced {
-        accounted.push((first, last));
-        let (c1, c2) = (
-            records.iter().map(|r| r.seq).min().unwrap_or(0),
-            records.iter().map(|r| r.seq).max().unwrap_or(0),
-        );
-        let duplicate = records.iter().all(|r| {
-            placed
-                .get(&r.seq)
-                .is_some_and(|p| p.record == *r && p.object != key)
-        });
-        problems.push(if duplicate {
-            Problem {
-                kind: ProblemKind::Inserted,
-                first_seq: first,
-                last_seq: last,
-                object: key,
-                message: format!("a copy of records {c1}..={c2}, which are in place elsewhere"),
-            }
-        } else {
-            Problem {
-                kind: ProblemKind::Reordered,
-                first_seq: first,
-                last_seq: last,
-                object: key,
-                message: format!(
-                    "holds records {c1}..={c2}, not the ones its name says: moved or swapped"
-                ),
-            }
-        });
-    }
-
-    for (first, last, key, why) in forged {
-        accounted.push((first, last));
-        let overlaps: Vec<u64> = placed.range(first..=last).map(|(s, _)| *s).collect();
-        problems.push(if overlaps.is_empty() {
-            Problem {
-                kind: ProblemKind::Edited,
-                first_seq: first,
-                last_seq: last,
-                object: key,
-                message: format!("fails authentication ({why}): edited or forged"),
-            }
-        } else {
-            Problem {
-                kind: ProblemKind::Inserted,
-                first_seq: first,
-                last_seq: last,
-                object: key,
-                message: format!(
-                    "forged (fails authentication: {why}), claiming records already in place: {overlaps:?}"
-                ),
-            }
-        });
-    }
-
-    // Walk the chain: gaps and broken links.
-    let is_accounted = |s: u64| accounted.iter().any(|(a, b)| (*a..=*b).contains(&s));
-    let max_seq = placed
-        .keys()
-        .next_back()
-        .copied()
-        .into_iter()
-        .chain(accounted.iter().map(|(_, b)| *b))
-        .max()
-        .unwrap_or(0);
-    let mut gap: Option<(u64, u64)> = None;
-    let flush_gap = |gap: &mut Option<(u64, u64)>, problems: &mut Vec<Problem>| {
-        if let Some((a, b)) = gap.take() {
-            problems.push(Problem {
-                kind: ProblemKind::Removed,
-                first_seq: a,
-                last_seq: b,
-                object: String::new(),
-                message: "missing from the chain".to_string(),
+    /// Names authentic objects under the wrong key: copies of records in
+    /// place elsewhere are inserted, the others reordered.
+    fn report_misplaced(&mut self) {
+        for (first, last, key, records) in std::mem::take(&mut self.misplaced) {
+            self.accounted.push((first, last));
+            let (c1, c2) = (
+                records.iter().map(|r| r.seq).min().unwrap_or(0),
+                records.iter().map(|r| r.seq).max().unwrap_or(0),
+            );
+            let duplicate = records.iter().all(|r| {
+                self.placed
+                    .get(&r.seq)
+                    .is_some_and(|p| p.record == *r && p.object != key)
+            });
+            self.problems.push(if duplicate {
+                Problem {
+                    kind: ProblemKind::Inserted,
+                    first_seq: first,
+                    last_seq: last,
+                    object: key,
+                    message: format!("a copy of records {c1}..={c2}, which are in place elsewhere"),
+                }
+            } else {
+                Problem {
+                    kind: ProblemKind::Reordered,
+                    first_seq: first,
+                    last_seq: last,
+                    object: key,
+                    message: format!(
+                        "holds records {c1}..={c2}, not the ones its name says: moved or swapped"
+                    ),
+                }
             });
         }
-    };
-    for s in 1..=max_seq {
-        let Some(p) = placed.get(&s) else {
-            if is_accounted(s) {
-                flush_gap(&mut gap, &mut problems);
-            } else {
-                gap = Some(gap.map_or((s, s), |(a, _)| (a, s)));
-            }
-            continue;
-        };
-        flush_gap(&mut gap, &mut problems);
-        report.records += 1;
-        let expected = if s == 1 {
-            Some(GENESIS)
-        } else {
-            placed.get(&(s - 1)).map(|q| q.digest)
-        };
-        if let Some(expected) = expected {
-            if p.record.prev_digest() != Some(expected) {
-                problems.push(Problem {
+    }
+
+    /// Names what fails authentication: edited where nothing else claims
+    /// its records, inserted (forged) where authentic records are in place.
+    fn report_forged(&mut self) {
+        for (first, last, key, why) in std::mem::take(&mut self.forged) {
+            self.accounted.push((first, last));
+            let overlaps: Vec<u64> = self.placed.range(first..=last).map(|(s, _)| *s).collect();
+            self.problems.push(if overlaps.is_empty() {
+                Problem {
                     kind: ProblemKind::Edited,
-                    first_seq: s,
-                    last_seq: s,
-                    object: p.object.clone(),
+                    first_seq: first,
+                    last_seq: last,
+                    object: key,
+                    message: format!("fails authentication ({why}): edited or forged"),
+                }
+            } else {
+                Problem {
+                    kind: ProblemKind::Inserted,
+                    first_seq: first,
+                    last_seq: last,
+                    object: key,
                     message: format!(
-                        "its prev digest does not match record {}: the chain was rewritten",
-                        s - 1
+                        "forged (fails authentication: {why}), claiming records already in place: {overlaps:?}"
                     ),
+                }
+            });
+        }
+    }
+
+    /// Walks the chain from record 1: gaps nothing accounts for are
+    /// removed, broken `prev` links edited. Counts the records in place,
+    /// notes the last one in `report`, and returns the highest seq known.
+    fn walk_chain(&mut self, report: &mut VerifyReport) -> u64 {
+        let accounted = &self.accounted;
+        let is_accounted = |s: u64| accounted.iter().any(|(a, b)| (*a..=*b).contains(&s));
+        let max_seq = self
+            .placed
+            .keys()
+            .next_back()
+            .copied()
+            .into_iter()
+            .chain(accounted.iter().map(|(_, b)| *b))
+            .max()
+            .unwrap_or(0);
+        let problems = &mut self.problems;
+        let mut gap: Option<(u64, u64)> = None;
+        let flush_gap = |gap: &mut Option<(u64, u64)>, problems: &mut Vec<Problem>| {
+            if let Some((a, b)) = gap.take() {
+                problems.push(Problem {
+                    kind: ProblemKind::Removed,
+                    first_seq: a,
+                    last_seq: b,
+                    object: String::new(),
+                    message: "missing from the chain".to_string(),
                 });
             }
+        };
+        for s in 1..=max_seq {
+            let Some(p) = self.placed.get(&s) else {
+                if is_accounted(s) {
+                    flush_gap(&mut gap, problems);
+                } else {
+                    gap = Some(gap.map_or((s, s), |(a, _)| (a, s)));
+                }
+                continue;
+            };
+            flush_gap(&mut gap, problems);
+            report.records += 1;
+            let expected = if s == 1 {
+                Some(GENESIS)
+            } else {
+                self.placed.get(&(s - 1)).map(|q| q.digest)
+            };
+            if let Some(expected) = expected {
+                if p.record.prev_digest() != Some(expected) {
+                    problems.push(Problem {
+                        kind: ProblemKind::Edited,
+                        first_seq: s,
+                        last_seq: s,
+                        object: p.object.clone(),
+                        message: format!(
+                            "its prev digest does not match record {}: the chain was rewritten",
+                            s - 1
+                        ),
+                    });
+                }
+            }
         }
-    }
-    flush_gap(&mut gap, &mut problems);
-    if let Some((s, p)) = placed.iter().next_back() {
-        report.last_seq = *s;
-        report.last_digest = hex::encode(p.digest);
+        flush_gap(&mut gap, problems);
+        if let Some((s, p)) = self.placed.iter().next_back() {
+            report.last_seq = *s;
+            report.last_digest = hex::encode(p.digest);
+        }
+        max_seq
     }
 
-    // Checkpoints: the store's heads, then the verifier's own.
-    let mut claims: Vec<(u64, Digest, String)> = Vec::new();
-    for (seq, key, bytes) in heads {
-        match open_head(keyring, bytes) {
-            Ok(h) if h.seq == seq => match h.digest_bytes() {
-                Some(d) => claims.push((seq, d, format!("head {key} written {}", h.at))),
-                None => problems.push(bad_head(seq, key, "its digest is not 64 hex digits")),
-            },
-            Ok(h) => problems.push(Problem {
-                kind: ProblemKind::Reordered,
-                first_seq: seq,
-                last_seq: seq,
-                object: key.clone(),
-                message: format!("this head names record {}: moved", h.seq),
-            }),
-            Err(e) => problems.push(bad_head(
-                seq,
-                key,
-                &format!("fails authentication ({e}): edited or forged"),
-            )),
-        }
-    }
-    if let Some(t) = trusted {
-        claims.push((t.seq, t.digest, "the trusted head".to_string()));
-    }
-    let mut truncated: Option<(u64, String)> = None;
-    for (seq, digest, source) in claims {
-        match placed.get(&seq) {
-            Some(p) if p.digest != digest => problems.push(Problem {
-                kind: ProblemKind::Edited,
-                first_seq: seq,
-                last_seq: seq,
-                object: p.object.clone(),
-                message: format!("differs from {source}: the record was replaced"),
-            }),
-            Some(_) => {}
-            None if seq > max_seq && truncated.as_ref().is_none_or(|(s, _)| seq > *s) => {
-                truncated = Some((seq, source));
+    /// Opens the store's heads: each authentic one under its own key is a
+    /// claim; the others are edited or reordered.
+    fn read_heads(&mut self, keyring: &Keyring, heads: Vec<ListedHead<'_>>) -> Vec<Claim> {
+        let mut claims = Vec::new();
+        for (seq, key, bytes) in heads {
+            match open_head(keyring, bytes) {
+                Ok(h) if h.seq == seq => match h.digest_bytes() {
+                    Some(d) => claims.push((seq, d, format!("head {key} written {}", h.at))),
+                    None => {
+                        self.problems
+                            .push(bad_head(seq, key, "its digest is not 64 hex digits"))
+                    }
+                },
+                Ok(h) => self.problems.push(Problem {
+                    kind: ProblemKind::Reordered,
+                    first_seq: seq,
+                    last_seq: seq,
+                    object: key.clone(),
+                    message: format!("this head names record {}: moved", h.seq),
+                }),
+                Err(e) => self.problems.push(bad_head(
+                    seq,
+                    key,
+                    &format!("fails authentication ({e}): edited or forged"),
+                )),
             }
-            // Inside the chain: already reported as removed or bad.
-            None => {}
+        }
+        claims
+    }
+
+    /// Compares the records with the checkpoints' claims: a different
+    /// digest is edited, a claim past `max_seq` (the highest) truncated.
+    fn check_claims(&mut self, claims: Vec<Claim>, max_seq: u64) {
+        let mut truncated: Option<(u64, String)> = None;
+        for (seq, digest, source) in claims {
+            match self.placed.get(&seq) {
+                Some(p) if p.digest != digest => self.problems.push(Problem {
+                    kind: ProblemKind::Edited,
+                    first_seq: seq,
+                    last_seq: seq,
+                    object: p.object.clone(),
+                    message: format!("differs from {source}: the record was replaced"),
+                }),
+                Some(_) => {}
+                None if seq > max_seq && truncated.as_ref().is_none_or(|(s, _)| seq > *s) => {
+                    truncated = Some((seq, source));
+                }
+                // Inside the chain: already reported as removed or bad.
+                None => {}
+            }
+        }
+        if let Some((seq, source)) = truncated {
+            self.problems.push(Problem {
+                kind: ProblemKind::Truncated,
+                first_seq: max_seq + 1,
+                last_seq: seq,
+                object: String::new(),
+                message: format!(
+                    "{source} names record {seq}, but the chain ends at {max_seq}: the tail was cut"
+                ),
+            });
         }
     }
-    if let Some((seq, source)) = truncated {
-        problems.push(Problem {
-            kind: ProblemKind::Truncated,
-            first_seq: max_seq + 1,
-            last_seq: seq,
-            object: String::new(),
-            message: format!(
-                "{source} names record {seq}, but the chain ends at {max_seq}: the tail was cut"
-            ),
-        });
-    }
-    problems.sort_by_key(|p| (p.first_seq, p.kind, p.object.clone()));
-    report.problems = problems;
-    report
 }
 
+/// A head failing its checks: edited, saying why.
 fn bad_head(seq: u64, key: &str, message: &str) -> Problem {
     Problem {
         kind: ProblemKind::Edited,

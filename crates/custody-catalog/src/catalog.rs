@@ -44,7 +44,7 @@ const CFS: [&str; 7] = [
 
 /// Version of the catalog's layout; a catalog marked with another one (or
 /// none) is rebuilt from the store.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 const META_SCHEMA: &[u8] = b"schema";
 
 /// Whether a catalog is known to index its store.
@@ -69,8 +69,32 @@ fn expiry_key(at: Timestamp, id: &SegmentId) -> [u8; 24] {
 struct CameraCounts {
     segments: u64,
     bytes: u64,
-    /// Each stream with the longest segment indexed on it, in nanoseconds.
-    streams: BTreeMap<StreamName, u64>,
+    /// Each stream's summary.
+    streams: BTreeMap<StreamName, StreamSpan>,
+}
+
+/// What the catalog keeps per camera stream so that listing cameras and
+/// bounding a query need no scan.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct StreamSpan {
+    /// The longest segment ever indexed on the stream, in nanoseconds.
+    longest: u64,
+    /// Start of its earliest segment.
+    first_start: Timestamp,
+    /// The latest end of its segments (after deletions: the end of the
+    /// latest-starting segment left, which is the same unless segments
+    /// overlap).
+    last_end: Timestamp,
+}
+
+impl Default for StreamSpan {
+    fn default() -> Self {
+        StreamSpan {
+            longest: 0,
+            first_start: Timestamp::MAX,
+            last_end: Timestamp::MIN,
+        }
+    }
 }
 
 /// One page of a segment listing.
@@ -259,8 +283,10 @@ impl Catalog {
                 c.segments += 1;
                 c.bytes += rec.size;
                 let span = u64::try_from(rec.range.span_nanos()).unwrap_or(0);
-                let longest = c.streams.entry(rec.stream.clone()).or_default();
-                *longest = (*longest).max(span);
+                let s = c.streams.entry(rec.stream.clone()).or_default();
+                s.longest = s.longest.max(span);
+                s.first_start = s.first_start.min(rec.range.start());
+                s.last_end = s.last_end.max(rec.range.end());
             }
             let key = segment_key(&rec.camera, &rec.stream, rec.range.start(), rec.sequence);
             b.put_cf(self.cf(CF_SEGMENTS), &key, encode(rec));
@@ -287,6 +313,8 @@ impl Catalog {
         let mut counts: std::collections::BTreeMap<CameraId, CameraCounts> = Default::default();
         let mut removed = Vec::new();
         let mut seen = std::collections::HashSet::new();
+        let mut dirty = std::collections::BTreeSet::new();
+        let mut deleted_keys = std::collections::HashSet::new();
         let mut b = WriteBatch::default();
         for id in ids {
             if !seen.insert(*id) {
@@ -299,14 +327,39 @@ impl Catalog {
             if let Some(c) = counts.get_mut(&rec.camera) {
                 c.segments = c.segments.saturating_sub(1);
                 c.bytes = c.bytes.saturating_sub(rec.size);
+                if let Some(s) = c.streams.get(&rec.stream) {
+                    if rec.range.start() <= s.first_start || rec.range.end() >= s.last_end {
+                        dirty.insert((rec.camera.clone(), rec.stream.clone()));
+                    }
+                }
             }
             let key = segment_key(&rec.camera, &rec.stream, rec.range.start(), rec.sequence);
+            deleted_keys.insert(key.clone());
             b.delete_cf(self.cf(CF_SEGMENTS), &key);
             b.delete_cf(self.cf(CF_SEGMENT_IDS), id.as_bytes());
             if let Some(at) = rec.expires_at {
                 b.delete_cf(self.cf(CF_EXPIRY), expiry_key(at, id));
             }
             removed.push(rec);
+        }
+        // Streams whose first or last segment went: their ends from what is left.
+        for (camera, stream) in dirty {
+            let prefix = stream_prefix(&camera, &stream);
+            let first = self.edge_except(&prefix, Direction::Forward, &deleted_keys)?;
+            let last = self.edge_except(&prefix, Direction::Reverse, &deleted_keys)?;
+            if let Some(c) = counts.get_mut(&camera) {
+                match (first, last) {
+                    (Some(f), Some(l)) => {
+                        if let Some(s) = c.streams.get_mut(&stream) {
+                            s.first_start = f.range.start();
+                            s.last_end = l.range.end();
+                        }
+                    }
+                    _ => {
+                        c.streams.remove(&stream);
+                    }
+                }
+            }
         }
         for (camera, c) in &counts {
             if c.segments == 0 {
@@ -366,17 +419,18 @@ impl Catalog {
                     reason: e.to_string(),
                 }
             })?;
-            let mut first = Timestamp::MAX;
-            let mut last = Timestamp::MIN;
-            for s in counts.streams.keys() {
-                let p = stream_prefix(&camera, s);
-                if let Some(r) = self.first_with_prefix(&p, Direction::Forward)? {
-                    first = first.min(r.range.start());
-                }
-                if let Some(r) = self.first_with_prefix(&p, Direction::Reverse)? {
-                    last = last.max(r.range.end());
-                }
-            }
+            let first = counts
+                .streams
+                .values()
+                .map(|s| s.first_start)
+                .min()
+                .unwrap_or(Timestamp::MAX);
+            let last = counts
+                .streams
+                .values()
+                .map(|s| s.last_end)
+                .max()
+                .unwrap_or(Timestamp::MIN);
             out.push(CameraSummary {
                 camera,
                 segments: counts.segments,
@@ -389,10 +443,12 @@ impl Catalog {
         Ok(out)
     }
 
-    fn first_with_prefix(
+    /// The first (or last) segment under `prefix` whose key is not in `except`.
+    fn edge_except(
         &self,
         prefix: &[u8],
         dir: Direction,
+        except: &std::collections::HashSet<Vec<u8>>,
     ) -> Result<Option<SegmentRecord>, CatalogError> {
         let mut upper = prefix.to_vec();
         upper.push(0xff);
@@ -400,20 +456,19 @@ impl Catalog {
             Direction::Forward => prefix,
             Direction::Reverse => &upper[..],
         };
-        let mut it = self
+        let it = self
             .db
             .iterator_cf(self.cf(CF_SEGMENTS), IteratorMode::From(from, dir));
-        match it.next() {
-            Some(item) => {
-                let (k, v) = item?;
-                if k.starts_with(prefix) {
-                    Ok(Some(decode(&k, &v)?))
-                } else {
-                    Ok(None)
-                }
+        for item in it {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                return Ok(None);
             }
-            None => Ok(None),
+            if !except.contains(k.as_ref()) {
+                return Ok(Some(decode(&k, &v)?));
+            }
         }
+        Ok(None)
     }
 
     /// Segments of `camera` (one stream, or all with `None`) that overlap
@@ -436,9 +491,13 @@ impl Catalog {
             Some(s) => counts
                 .streams
                 .get(s)
-                .map(|longest| vec![(s.clone(), *longest)])
+                .map(|span| vec![(s.clone(), span.longest)])
                 .unwrap_or_default(),
-            None => counts.streams.into_iter().collect(),
+            None => counts
+                .streams
+                .into_iter()
+                .map(|(s, span)| (s, span.longest))
+                .collect(),
         };
         let mut all = Vec::new();
         for (s, longest) in &streams {
@@ -752,6 +811,37 @@ mod tests {
             )
             .unwrap();
         assert_eq!(p.segments.len(), 3);
+    }
+
+    #[test]
+    fn camera_summaries_follow_puts_and_deletes_without_scans() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Catalog::open(dir.path()).unwrap();
+        let recs: Vec<_> = (0..10).map(|i| rec("cam-1", "main", i * 6, 6, 0)).collect();
+        c.put_segments(&recs).unwrap();
+        c.put_segment(&rec("cam-1", "sub", 30, 6, 0)).unwrap();
+        let summary = |c: &Catalog| {
+            let s = c.cameras().unwrap().pop().unwrap();
+            (s.first_start, s.last_end, s.segments, s.streams.len())
+        };
+        assert_eq!(
+            summary(&c),
+            (Timestamp::from_secs(0), Timestamp::from_secs(60), 11, 2)
+        );
+        // The first two and the last go: the ends move to what is left.
+        let gone: Vec<_> = [0, 1, 9].iter().map(|&i| recs[i].segment_id).collect();
+        c.delete_segments(&gone).unwrap();
+        assert_eq!(
+            summary(&c),
+            (Timestamp::from_secs(12), Timestamp::from_secs(54), 8, 2)
+        );
+        // A stream emptied disappears from the summary.
+        let sub = rec("cam-1", "sub", 30, 6, 0);
+        c.delete_segment(&sub.segment_id).unwrap();
+        assert_eq!(
+            summary(&c),
+            (Timestamp::from_secs(12), Timestamp::from_secs(54), 7, 1)
+        );
     }
 
     #[test]

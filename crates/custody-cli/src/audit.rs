@@ -42,6 +42,7 @@ pub enum AuditCommand {
     /// non-zero and names every edited, removed, reordered, inserted or
     /// truncated record.
     Verify {
+        /// The store directory or bucket, and the key file.
         #[command(flatten)]
         store: StoreArgs,
         /// A head saved earlier with `custody audit head`: records cut after it are noticed.
@@ -50,6 +51,7 @@ pub enum AuditCommand {
     },
     /// Verify the chain offline and print its head (JSON) to keep for a later `verify --head`.
     Head {
+        /// The store directory or bucket, and the key file.
         #[command(flatten)]
         store: StoreArgs,
     },

@@ -234,7 +234,7 @@ pub fn issue(dir: &Path, subject: &Subject, validity: Validity) -> Result<Issued
     write_new(&key_path, key.serialize_pem().as_bytes(), true)?;
     write_new(&cert_path, cert.pem().as_bytes(), false)?;
     let serial = CertIdentity::from_der(cert.der())
-        .map_err(CertError::Invalid)?
+        .map_err(|e| CertError::Invalid(e.to_string()))?
         .serial;
     Ok(Issued {
         name: subject.name.clone(),
@@ -250,7 +250,8 @@ pub fn show(path: &Path) -> Result<(CertIdentity, String, String), CertError> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(&text).map_err(|e| {
         CertError::Invalid(format!("{}: not a PEM certificate: {e}", path.display()))
     })?;
-    let id = CertIdentity::from_der(&pem.contents).map_err(CertError::Invalid)?;
+    let id =
+        CertIdentity::from_der(&pem.contents).map_err(|e| CertError::Invalid(e.to_string()))?;
     let cert = pem
         .parse_x509()
         .map_err(|e| CertError::Invalid(format!("{}: {e}", path.display())))?;

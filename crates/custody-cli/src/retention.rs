@@ -76,6 +76,7 @@ impl ScopeArgs {
 pub enum PolicyCommand {
     /// Set the policy of the default scope, a group (--group) or a camera (--camera).
     Set {
+        /// The cameras the policy applies to.
         #[command(flatten)]
         scope: ScopeArgs,
         /// Keep footage this long after a segment ends (30d, 12h, 90s...).
@@ -96,6 +97,7 @@ pub enum PolicyCommand {
     },
     /// Show the policy of a scope.
     Get {
+        /// The cameras the policy applies to.
         #[command(flatten)]
         scope: ScopeArgs,
     },

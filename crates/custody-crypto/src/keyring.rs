@@ -21,6 +21,9 @@ pub const MAX_KEY_ID_LEN: usize = 32;
 /// Largest key file read (a keyring of thousands of keys fits easily).
 const MAX_KEY_FILE_LEN: u64 = 1024 * 1024;
 
+/// Where a keyring parsed by [`Keyring::from_env_value`] came from, in errors.
+const ENV_ORIGIN: &str = "environment value";
+
 /// A key id: 1..=32 characters of `[A-Za-z0-9._-]`, starting with a letter or digit.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct KeyId(String);
@@ -172,7 +175,7 @@ impl Keyring {
     /// Parses `id:hex64[,id:hex64...]`; the first key is active.
     pub fn from_env_value(s: &str) -> Result<Keyring, CryptoError> {
         let bad = |reason: String| CryptoError::InvalidKeyring {
-            origin: "environment value".to_string(),
+            origin: ENV_ORIGIN.to_string(),
             reason,
         };
         let mut keys = BTreeMap::new();
@@ -183,7 +186,7 @@ impl Keyring {
                 .split_once(':')
                 .ok_or_else(|| bad(format!("entry {} is not of the form id:hex64", i + 1)))?;
             let id = KeyId::parse(id.trim()).map_err(|e| bad(e.to_string()))?;
-            let key = decode_key(hex_key.trim()).map_err(|r| bad(format!("key {id}: {r}")))?;
+            let key = decode_key(hex_key.trim(), ENV_ORIGIN, &id)?;
             let kek = Kek::new(id.clone(), key);
             if keys.insert(id.clone(), kek.clone()).is_some() {
                 return Err(bad(format!("key id {id} appears twice")));
@@ -312,7 +315,7 @@ impl Keyring {
         let mut keys = BTreeMap::new();
         for entry in file.keys {
             let id = KeyId::parse(&entry.id).map_err(|e| bad(e.to_string()))?;
-            let key = decode_key(&entry.key).map_err(|r| bad(format!("key {id}: {r}")))?;
+            let key = decode_key(&entry.key, origin, &id)?;
             let created = entry
                 .created
                 .map(|c| Timestamp::parse_rfc3339(&c))
@@ -336,16 +339,21 @@ impl Keyring {
     }
 }
 
-/// Decodes 64 hex digits into a key; the reason never echoes the input.
-fn decode_key(hex_key: &str) -> Result<[u8; 32], String> {
+/// Decodes 64 hex digits into key `id` of the keyring from `origin`; the
+/// error never echoes the input.
+fn decode_key(hex_key: &str, origin: &str, id: &KeyId) -> Result<[u8; 32], CryptoError> {
+    let bad = |why: &str| CryptoError::InvalidKeyring {
+        origin: origin.to_string(),
+        reason: format!("key {id}: {why}"),
+    };
     if hex_key.len() != 64 {
-        return Err(format!(
+        return Err(bad(&format!(
             "expected 64 hex digits (32 bytes), got {} characters",
             hex_key.len()
-        ));
+        )));
     }
     let mut key = [0u8; 32];
-    hex::decode_to_slice(hex_key, &mut key).map_err(|_| "not hex".to_string())?;
+    hex::decode_to_slice(hex_key, &mut key).map_err(|_| bad("not hex"))?;
     Ok(key)
 }
 
@@ -570,6 +578,21 @@ mod tests {
         // Reasons never echo key material.
         let err = parse(&ok.replace(&k, &format!("{}g", &k[..63]))).unwrap_err();
         assert!(!err.to_string().contains(&k[..63]), "{err}");
+    }
+
+    #[test]
+    fn bad_keys_name_the_origin_and_key() {
+        let k1 = id("k1");
+        let short = decode_key("ab", "test", &k1).unwrap_err();
+        assert_eq!(
+            short.to_string(),
+            "invalid keyring in test: key k1: expected 64 hex digits (32 bytes), got 2 characters"
+        );
+        let not_hex = decode_key(&"zz".repeat(32), ENV_ORIGIN, &k1).unwrap_err();
+        assert_eq!(
+            not_hex.to_string(),
+            "invalid keyring in environment value: key k1: not hex"
+        );
     }
 
     #[test]

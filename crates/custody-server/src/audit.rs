@@ -27,8 +27,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use custody_audit::{
-    batch_key, head_key, open_batch, open_head, parse_key, seal_batch, seal_head, AuditRecord,
-    Digest, Head, ObjectName, Outcome, AUDIT_PREFIX, GENESIS,
+    batch_key, head_key, open_batch, open_head, parse_key, seal_batch, seal_head, AuditError,
+    AuditRecord, Digest, Head, ObjectName, Outcome, AUDIT_PREFIX, GENESIS,
 };
 use custody_core::Clock;
 use custody_crypto::Keyring;
@@ -94,7 +94,25 @@ impl AuditEvent {
     }
 }
 
-type Ack = oneshot::Sender<Result<u64, String>>;
+/// Why a batch of records was not written. Cloneable: every waiter on the
+/// batch gets a copy.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum AuditWriteError {
+    /// The records could not be sealed.
+    #[error(transparent)]
+    Seal(Arc<AuditError>),
+    /// The store refused or failed the write.
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+    /// Re-reading the chain's tail after losing a sequence number failed.
+    #[error(transparent)]
+    Resume(Arc<ServerError>),
+    /// Other writers took the sequence number on every attempt.
+    #[error("audit sequence contended three times")]
+    Contended,
+}
+
+type Ack = oneshot::Sender<Result<u64, AuditWriteError>>;
 
 enum Cmd {
     /// Records, with a waiter for their durability.
@@ -340,7 +358,7 @@ impl Writer {
     }
 
     /// Writes `events` as the next batch; returns the last sequence number.
-    async fn write(&mut self, events: &[AuditEvent]) -> Result<u64, String> {
+    async fn write(&mut self, events: &[AuditEvent]) -> Result<u64, AuditWriteError> {
         for _attempt in 0..3 {
             let at = self.clock.now().to_string();
             let mut prev = self.prev;
@@ -369,7 +387,8 @@ impl Writer {
             let first = self.next_seq;
             let last = first + records.len() as u64 - 1;
             let key = batch_key(first, last);
-            let sealed = seal_batch(self.keyring.active(), &records).map_err(|e| e.to_string())?;
+            let sealed = seal_batch(self.keyring.active(), &records)
+                .map_err(|e| AuditWriteError::Seal(Arc::new(e)))?;
             let path = ObjectPath::from(key.as_str());
             match self.store.put_create_only(&path, Bytes::from(sealed)).await {
                 Ok(()) => {}
@@ -386,18 +405,20 @@ impl Writer {
                             object = key,
                             "audit sequence taken by another writer; renumbering"
                         );
-                        self.resume().await.map_err(|e| e.to_string())?;
+                        self.resume()
+                            .await
+                            .map_err(|e| AuditWriteError::Resume(Arc::new(e)))?;
                         continue;
                     }
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(AuditWriteError::Store(Arc::new(e))),
             }
             self.next_seq = last + 1;
             self.prev = prev;
             self.write_head(last, key).await;
             return Ok(last);
         }
-        Err("audit sequence contended three times".to_string())
+        Err(AuditWriteError::Contended)
     }
 
     /// Writes the checkpoint after a batch; a failure is logged, not fatal

@@ -179,12 +179,12 @@ impl GateConfig {
                 },
             ));
         };
-        let id = CertIdentity::from_der(leaf.as_ref()).map_err(|message| {
+        let id = CertIdentity::from_der(leaf.as_ref()).map_err(|e| {
             deny(
                 None,
                 Refusal {
                     kind: "bad-certificate",
-                    message,
+                    message: e.to_string(),
                 },
             )
         })?;
@@ -229,6 +229,27 @@ impl GateConfig {
     }
 }
 
+/// A request message over the size limit is refused by tonic's decoder with
+/// OUT_OF_RANGE "decoded message length too large" before any handler runs:
+/// turn that into INVALID_ARGUMENT naming the configured limit, like every
+/// other limit.
+fn name_size_refusal<R: Default>(resp: http::Response<R>, max: usize) -> http::Response<R> {
+    let status = resp.headers().get("grpc-status").map(|v| v.as_bytes());
+    let message = resp
+        .headers()
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .replace("%20", " ");
+    if status == Some(b"11") && message.contains("message length too large") {
+        return Status::invalid_argument(format!(
+            "a request message is larger than limits.max_message_bytes = {max} ({message}); nothing done"
+        ))
+        .into_http();
+    }
+    resp
+}
+
 /// The gate in front of one listener's routes.
 #[derive(Clone)]
 pub struct Gate<S> {
@@ -261,8 +282,9 @@ where
         match self.config.admit(&req) {
             Ok(caller) => {
                 req.extensions_mut().insert(caller);
+                let max = self.config.node.limits().max_message_bytes;
                 let fut = self.inner.call(req);
-                Box::pin(fut)
+                Box::pin(async move { fut.await.map(|r| name_size_refusal(r, max)) })
             }
             Err(denial) => {
                 let Denial { caller, refusal } = *denial;

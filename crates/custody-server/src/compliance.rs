@@ -337,15 +337,26 @@ struct Examined {
     bytes_read: u64,
 }
 
+/// What examined objects are compared with: the index, the uploads in
+/// flight, and the judgement of policies and holds.
+struct Baseline {
+    index: HashMap<SegmentId, IndexEntry>,
+    in_flight: HashSet<SegmentId>,
+    judge: Judge,
+}
+
 /// Accumulates the report while results come in.
 #[derive(Default)]
 struct Tally {
     cameras: BTreeMap<String, CameraCompliance>,
     spans: HashMap<(String, String), Vec<TimeRange>>,
     violations: Vec<Violation>,
+    /// Segments whose object the store listing holds.
+    seen: HashSet<SegmentId>,
 }
 
 impl Tally {
+    /// The entry of `camera`, created empty on first use.
     fn camera(&mut self, camera: &str) -> &mut CameraCompliance {
         self.cameras
             .entry(camera.to_string())
@@ -354,6 +365,132 @@ impl Tally {
                 ..CameraCompliance::default()
             })
     }
+
+    /// Counts one examined object: its camera's totals, its span for the
+    /// gap search, and its violation if any.
+    fn add(&mut self, ex: Examined, baseline: &Baseline) {
+        let object_key = ex.info.key.to_string();
+        let Some(key) = ex.key else {
+            self.violations.push(foreign_object(object_key));
+            return;
+        };
+        self.seen.insert(key.segment_id);
+        if baseline.in_flight.contains(&key.segment_id) {
+            return;
+        }
+        let judge = &baseline.judge;
+        let entry = baseline.index.get(&key.segment_id);
+        // The range from the authenticated header; for an object whose
+        // header does not open, what the index says, else its start.
+        let range = ex
+            .range
+            .or(entry.map(|e| e.range))
+            .unwrap_or_else(|| point_range(key.start));
+        // Compare with the index: the size (and in deep mode the digest) must agree.
+        let check = ex.check.and_then(|(len, sha)| match entry {
+            Some(e) if e.size != len => Err(format!(
+                "object holds {len} bytes, the index says {}",
+                e.size
+            )),
+            Some(e) if sha.is_some_and(|s| s != e.sha256) => {
+                Err("plaintext digest differs from the index".to_string())
+            }
+            _ => Ok(()),
+        });
+        let presence = match &check {
+            Ok(()) => Presence::Intact {
+                indexed: entry.is_some(),
+            },
+            Err(_) => Presence::Corrupt,
+        };
+        let standing = judge.standing(&key.camera, &range);
+        let policy = judge.policy_text(&key.camera);
+        let cam = self.camera(key.camera.as_str());
+        cam.policy = policy;
+        cam.segments += 1;
+        cam.bytes += ex.info.size;
+        if !standing.hold_ids.is_empty() {
+            cam.held_segments += 1;
+            cam.held_bytes += ex.info.size;
+        } else if let Some(at) = standing.expires_at.filter(|&at| at > judge.as_of) {
+            cam.next_expiry = Some(cam.next_expiry.map_or(at, |n| n.min(at)));
+        }
+        self.spans
+            .entry((key.camera.to_string(), key.stream.to_string()))
+            .or_default()
+            .push(range);
+        if let Some(kind) = kind_of(presence, &standing) {
+            self.violations.push(Violation {
+                kind,
+                camera: key.camera.to_string(),
+                detail: detail_of(kind, &standing, check.as_ref().err().map(String::as_str)),
+                segments: vec![segment_of(&key, range, &object_key, &standing)],
+            });
+        }
+    }
+
+    /// Records the recording gaps longer than `tolerance_secs`, per camera
+    /// stream, from the spans the store holds.
+    fn find_gaps(&mut self, tolerance_secs: u64) {
+        let tolerance = i64::try_from(tolerance_secs)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1_000_000_000);
+        let mut spans: Vec<_> = std::mem::take(&mut self.spans).into_iter().collect();
+        spans.sort_by(|a, b| a.0.cmp(&b.0));
+        for ((camera, stream), mut ranges) in spans {
+            ranges.sort_by_key(|r| (r.start(), r.end()));
+            let mut covered_to = ranges[0].end();
+            let mut gaps = Vec::new();
+            for r in &ranges[1..] {
+                if r.start().as_nanos().saturating_sub(covered_to.as_nanos()) > tolerance {
+                    if let Ok(hole) = TimeRange::new(covered_to, r.start()) {
+                        gaps.push((stream.clone(), hole));
+                    }
+                }
+                covered_to = covered_to.max(r.end());
+            }
+            self.camera(&camera).gaps.extend(gaps);
+        }
+    }
+
+    /// Names the policy of every camera asked for, so that one without
+    /// footage is listed too.
+    fn add_requested(&mut self, cameras: &[CameraId], judge: &Judge) {
+        for c in cameras {
+            let policy = judge.policy_text(c);
+            self.camera(c.as_str()).policy = policy;
+        }
+    }
+}
+
+/// The violation of an object under `segments/` whose key is not a segment key.
+fn foreign_object(object_key: String) -> Violation {
+    Violation {
+        kind: ViolationKind::ForeignObject,
+        camera: String::new(),
+        detail: detail_of(ViolationKind::ForeignObject, &Standing::default(), None),
+        segments: vec![ViolationSegment {
+            segment_id: String::new(),
+            stream: String::new(),
+            range: None,
+            object_key,
+            expires_at: None,
+            hold_ids: Vec::new(),
+        }],
+    }
+}
+
+/// Orders violations by camera, kind, start and object key.
+fn sort_violations(violations: &mut [Violation]) {
+    violations.sort_by(|a, b| {
+        let start = |v: &Violation| v.segments.first().and_then(|s| s.range.map(|r| r.start()));
+        (&a.camera, a.kind, start(a), &a.segments[0].object_key).cmp(&(
+            &b.camera,
+            b.kind,
+            start(b),
+            &b.segments[0].object_key,
+        ))
+    });
 }
 
 fn segment_of(
@@ -456,7 +593,29 @@ impl Node {
         progress: &(dyn Fn(ScanProgress) + Send + Sync),
     ) -> Result<ComplianceReport, ServerError> {
         let generated_at = self.clock.now();
-        let as_of = as_of.unwrap_or(generated_at);
+        let judge = self.judge_at(as_of.unwrap_or(generated_at)).await;
+        // The store listing: the truth.
+        let objects = self.list_segment_objects(cameras).await?;
+        let baseline = Baseline {
+            index: self.load_index(cameras)?,
+            in_flight: self.uploads_in_flight()?,
+            judge,
+        };
+        let mut tally = Tally::default();
+        let done = self
+            .examine_objects(objects, deep, progress, &baseline, &mut tally)
+            .await?;
+        self.find_missing_objects(&baseline, &mut tally)?;
+        tally.find_gaps(self.compliance.gap_tolerance_secs);
+        tally.add_requested(cameras, &baseline.judge);
+        Ok(self
+            .assemble(cameras, generated_at, deep, &baseline, done, tally)
+            .await)
+    }
+
+    /// The judge of the current policies and the holds at `as_of`, with the
+    /// sweep bound (sweep interval plus hold fence).
+    async fn judge_at(&self, as_of: Timestamp) -> Judge {
         let rc = &self.retention.config;
         let bound_secs = rc.sweep_interval_secs.saturating_add(rc.hold_fence_secs);
         let book = self
@@ -465,15 +624,21 @@ impl Node {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let judge = Judge::new(
+        Judge::new(
             book,
             rc.policy_grace(),
             bound_secs,
             as_of,
             &self.holds(true).await,
-        );
+        )
+    }
 
-        // The store listing: the truth.
+    /// Lists the segment objects in the store: one prefix per camera in
+    /// `cameras`, or all of `segments/`.
+    async fn list_segment_objects(
+        &self,
+        cameras: &[CameraId],
+    ) -> Result<Vec<ObjectInfo>, ServerError> {
         let prefixes: Vec<ObjectPath> = if cameras.is_empty() {
             vec![layout::segments_prefix()]
         } else {
@@ -486,7 +651,15 @@ impl Node {
                 objects.push(obj?);
             }
         }
-        // The index, to compare with.
+        Ok(objects)
+    }
+
+    /// What the index says about the segments of `cameras` (or of all), to
+    /// compare the listing with.
+    fn load_index(
+        &self,
+        cameras: &[CameraId],
+    ) -> Result<HashMap<SegmentId, IndexEntry>, ServerError> {
         let mut index: HashMap<SegmentId, IndexEntry> = HashMap::new();
         let mut keep = |r: custody_catalog::SegmentRecord| {
             index.insert(
@@ -508,16 +681,30 @@ impl Node {
                 }
             }
         }
-        let index_entries = index.len() as u64;
-        // Uploads in flight (or interrupted, resolved at the next start) have
-        // an object and no index entry yet: not a violation.
-        let in_flight: HashSet<SegmentId> = self
+        Ok(index)
+    }
+
+    /// Segments with an upload in flight (or interrupted, resolved at the
+    /// next start): an object and no index entry yet is not a violation.
+    fn uploads_in_flight(&self) -> Result<HashSet<SegmentId>, ServerError> {
+        Ok(self
             .catalog
             .pending()?
             .into_iter()
             .map(|(id, _)| id)
-            .collect();
+            .collect())
+    }
 
+    /// Examines every listed object with bounded concurrency, counting each
+    /// result into `tally` and calling `progress` on the way.
+    async fn examine_objects(
+        &self,
+        objects: Vec<ObjectInfo>,
+        deep: bool,
+        progress: &(dyn Fn(ScanProgress) + Send + Sync),
+        baseline: &Baseline,
+        tally: &mut Tally,
+    ) -> Result<ScanProgress, ServerError> {
         let total = objects.len() as u64;
         let mut done = ScanProgress {
             total,
@@ -533,8 +720,6 @@ impl Node {
                 tokio::spawn(async move { node.examine(info, deep).await })
             })
             .buffer_unordered(concurrency);
-        let mut tally = Tally::default();
-        let mut seen: HashSet<SegmentId> = HashSet::new();
         let mut last_report = std::time::Instant::now();
         while let Some(ex) = results.next().await {
             let ex = ex.map_err(|e| ServerError::Internal(format!("scan task: {e}")))?;
@@ -544,81 +729,20 @@ impl Node {
                 progress(done);
                 last_report = std::time::Instant::now();
             }
-            let object_key = ex.info.key.to_string();
-            let Some(key) = ex.key else {
-                tally.violations.push(Violation {
-                    kind: ViolationKind::ForeignObject,
-                    camera: String::new(),
-                    detail: detail_of(ViolationKind::ForeignObject, &Standing::default(), None),
-                    segments: vec![ViolationSegment {
-                        segment_id: String::new(),
-                        stream: String::new(),
-                        range: None,
-                        object_key,
-                        expires_at: None,
-                        hold_ids: Vec::new(),
-                    }],
-                });
-                continue;
-            };
-            seen.insert(key.segment_id);
-            if in_flight.contains(&key.segment_id) {
-                continue;
-            }
-            let entry = index.get(&key.segment_id);
-            // The range from the authenticated header; for an object whose
-            // header does not open, what the index says, else its start.
-            let range = ex
-                .range
-                .or(entry.map(|e| e.range))
-                .unwrap_or_else(|| point_range(key.start));
-            // Compare with the index: the size (and in deep mode the digest) must agree.
-            let check = ex.check.and_then(|(len, sha)| match entry {
-                Some(e) if e.size != len => Err(format!(
-                    "object holds {len} bytes, the index says {}",
-                    e.size
-                )),
-                Some(e) if sha.is_some_and(|s| s != e.sha256) => {
-                    Err("plaintext digest differs from the index".to_string())
-                }
-                _ => Ok(()),
-            });
-            let presence = match &check {
-                Ok(()) => Presence::Intact {
-                    indexed: entry.is_some(),
-                },
-                Err(_) => Presence::Corrupt,
-            };
-            let standing = judge.standing(&key.camera, &range);
-            let policy = judge.policy_text(&key.camera);
-            let cam = tally.camera(key.camera.as_str());
-            cam.policy = policy;
-            cam.segments += 1;
-            cam.bytes += ex.info.size;
-            if !standing.hold_ids.is_empty() {
-                cam.held_segments += 1;
-                cam.held_bytes += ex.info.size;
-            } else if let Some(at) = standing.expires_at.filter(|&at| at > as_of) {
-                cam.next_expiry = Some(cam.next_expiry.map_or(at, |n| n.min(at)));
-            }
-            tally
-                .spans
-                .entry((key.camera.to_string(), key.stream.to_string()))
-                .or_default()
-                .push(range);
-            if let Some(kind) = kind_of(presence, &standing) {
-                tally.violations.push(Violation {
-                    kind,
-                    camera: key.camera.to_string(),
-                    detail: detail_of(kind, &standing, check.as_ref().err().map(String::as_str)),
-                    segments: vec![segment_of(&key, range, &object_key, &standing)],
-                });
-            }
+            tally.add(ex, baseline);
         }
-        drop(results);
+        Ok(done)
+    }
 
-        // Index entries without an object.
-        for id in index.keys().filter(|id| !seen.contains(id)) {
+    /// Reports the index entries whose object the listing did not hold.
+    fn find_missing_objects(
+        &self,
+        baseline: &Baseline,
+        tally: &mut Tally,
+    ) -> Result<(), ServerError> {
+        let judge = &baseline.judge;
+        let seen = std::mem::take(&mut tally.seen);
+        for id in baseline.index.keys().filter(|id| !seen.contains(id)) {
             let Some(rec) = self.catalog.get(id)? else {
                 continue;
             };
@@ -641,57 +765,36 @@ impl Node {
                 });
             }
         }
+        Ok(())
+    }
 
-        // Recording gaps, per camera stream, from what the store holds.
-        let tolerance = i64::try_from(self.compliance.gap_tolerance_secs)
-            .unwrap_or(i64::MAX)
-            .saturating_mul(1_000_000_000);
-        let mut spans: Vec<_> = std::mem::take(&mut tally.spans).into_iter().collect();
-        spans.sort_by(|a, b| a.0.cmp(&b.0));
-        for ((camera, stream), mut ranges) in spans {
-            ranges.sort_by_key(|r| (r.start(), r.end()));
-            let mut covered_to = ranges[0].end();
-            let mut gaps = Vec::new();
-            for r in &ranges[1..] {
-                if r.start().as_nanos().saturating_sub(covered_to.as_nanos()) > tolerance {
-                    if let Ok(hole) = TimeRange::new(covered_to, r.start()) {
-                        gaps.push((stream.clone(), hole));
-                    }
-                }
-                covered_to = covered_to.max(r.end());
-            }
-            tally.camera(&camera).gaps.extend(gaps);
-        }
-        for c in cameras {
-            let policy = judge.policy_text(c);
-            tally.camera(c.as_str()).policy = policy;
-        }
-
+    /// The report from the finished tally, with the audit chain's status.
+    async fn assemble(
+        &self,
+        cameras: &[CameraId],
+        generated_at: Timestamp,
+        deep: bool,
+        baseline: &Baseline,
+        done: ScanProgress,
+        tally: Tally,
+    ) -> ComplianceReport {
         let mut violations = tally.violations;
-        violations.sort_by(|a, b| {
-            let start = |v: &Violation| v.segments.first().and_then(|s| s.range.map(|r| r.start()));
-            (&a.camera, a.kind, start(a), &a.segments[0].object_key).cmp(&(
-                &b.camera,
-                b.kind,
-                start(b),
-                &b.segments[0].object_key,
-            ))
-        });
-        Ok(ComplianceReport {
+        sort_violations(&mut violations);
+        ComplianceReport {
             generated_at,
-            as_of,
+            as_of: baseline.judge.as_of,
             store_url: self.store.url().to_string(),
             deep,
             requested_cameras: cameras.iter().map(ToString::to_string).collect(),
             objects_scanned: done.scanned,
-            index_entries,
+            index_entries: baseline.index.len() as u64,
             bytes_read: done.bytes_read,
-            sweep_bound_secs: bound_secs,
+            sweep_bound_secs: baseline.judge.bound_secs,
             gap_tolerance_secs: self.compliance.gap_tolerance_secs,
             cameras: tally.cameras.into_values().collect(),
             violations,
             audit: self.audit_chain_status().await,
-        })
+        }
     }
 
     /// Authenticates one listed object: its header (against its key), and in

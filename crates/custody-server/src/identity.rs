@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
+use x509_parser::error::X509Error;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::{Caller, CameraScope, Role};
@@ -87,6 +88,23 @@ fn glob(pattern: &str, text: &str) -> bool {
     true
 }
 
+/// Why a certificate could not be read, or the deny list could not be consulted.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// The DER bytes are not an X.509 certificate this parser reads.
+    #[error("unreadable client certificate: {0}")]
+    Certificate(#[source] x509_parser::nom::Err<X509Error>),
+    /// The configured revocation list cannot be read (revocation fails closed).
+    #[error("revocation list {}: {source}", path.display())]
+    RevocationList {
+        /// The configured file.
+        path: PathBuf,
+        /// Why it cannot be read.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// What a client certificate says about its holder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertIdentity {
@@ -121,9 +139,8 @@ pub fn normalize_serial(s: &str) -> String {
 
 impl CertIdentity {
     /// Reads the identity of a DER certificate.
-    pub fn from_der(der: &[u8]) -> Result<CertIdentity, String> {
-        let (_, cert) = X509Certificate::from_der(der)
-            .map_err(|e| format!("unreadable client certificate: {e}"))?;
+    pub fn from_der(der: &[u8]) -> Result<CertIdentity, IdentityError> {
+        let (_, cert) = X509Certificate::from_der(der).map_err(IdentityError::Certificate)?;
         let text = |a: &x509_parser::x509::AttributeTypeAndValue<'_>| {
             a.as_str().map(str::to_string).unwrap_or_default()
         };
@@ -231,7 +248,7 @@ impl RevocationList {
     /// A list read from `path` (none: nothing is revoked). A configured file
     /// that cannot be read is an error here, and a refusal of every
     /// certificate later: revocation fails closed.
-    pub fn open(path: Option<PathBuf>) -> Result<RevocationList, String> {
+    pub fn open(path: Option<PathBuf>) -> Result<RevocationList, IdentityError> {
         let list = RevocationList {
             path,
             state: Mutex::new((None, HashSet::new())),
@@ -241,15 +258,18 @@ impl RevocationList {
     }
 
     /// Whether `serial` (normalised) is revoked, reloading the file if it changed.
-    pub fn is_revoked(&self, serial: &str) -> Result<bool, String> {
+    pub fn is_revoked(&self, serial: &str) -> Result<bool, IdentityError> {
         self.current_contains(serial)
     }
 
-    fn current_contains(&self, serial: &str) -> Result<bool, String> {
+    fn current_contains(&self, serial: &str) -> Result<bool, IdentityError> {
         let Some(path) = &self.path else {
             return Ok(false);
         };
-        let err = |e: std::io::Error| format!("revocation list {}: {e}", path.display());
+        let err = |source: std::io::Error| IdentityError::RevocationList {
+            path: path.clone(),
+            source,
+        };
         let now = stamp(path).map_err(err)?;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if state.0.as_ref() != Some(&now) {
@@ -328,6 +348,29 @@ mod tests {
         );
         assert_eq!(c.principal, "alice");
         assert!(!c.cameras.allows("cam-1"));
+    }
+
+    #[test]
+    fn errors_name_what_failed_and_keep_the_source() {
+        let e = CertIdentity::from_der(b"not a certificate").unwrap_err();
+        assert!(matches!(e, IdentityError::Certificate(_)), "{e:?}");
+        assert!(
+            e.to_string().starts_with("unreadable client certificate: "),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("revoked.txt");
+        let e = RevocationList::open(Some(p.clone())).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with(&format!("revocation list {}: ", p.display())),
+            "{e}"
+        );
+        let source = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(
+            source.map(std::io::Error::kind),
+            Some(std::io::ErrorKind::NotFound)
+        );
     }
 
     #[test]

@@ -222,7 +222,7 @@ impl Node {
             catalog_dir: config.catalog_dir(),
             revoked: Arc::new(
                 RevocationList::open(config.auth.revoked_serials_file.clone())
-                    .map_err(ServerError::FailedPrecondition)?,
+                    .map_err(|e| ServerError::FailedPrecondition(e.to_string()))?,
             ),
         };
         node.load_retention().await?;

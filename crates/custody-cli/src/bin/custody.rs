@@ -418,104 +418,47 @@ async fn main() -> Result<()> {
     if let Command::Certs { command } = cli.command {
         return custody_cli::certs::run(command, cli.json);
     }
-    let tls = match (cli.ca, cli.cert, cli.key) {
-        (None, None, None) => None,
-        (Some(ca), Some(cert), Some(key)) => Some(ClientTls {
+    let tls = client_tls(cli.ca, cli.cert, cli.key, cli.tls_server_name)?;
+    let client = Client::connect(&cli.server, tls.as_ref())?;
+    run(&client, cli.command, cli.json).await
+}
+
+/// The mutual TLS settings: all of `--ca`, `--cert` and `--key`, or none.
+fn client_tls(
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    server_name: Option<String>,
+) -> Result<Option<ClientTls>> {
+    match (ca, cert, key) {
+        (None, None, None) => Ok(None),
+        (Some(ca), Some(cert), Some(key)) => Ok(Some(ClientTls {
             ca,
             cert,
             key,
-            server_name: cli.tls_server_name,
-        }),
+            server_name,
+        })),
         _ => anyhow::bail!("mutual TLS needs all of --ca, --cert and --key"),
-    };
-    let client = Client::connect(&cli.server, tls.as_ref())?;
-    let status = |e: tonic::Status| anyhow::anyhow!("{}", describe(&e));
-    match cli.command {
-        Command::Ingest(a) => ingest(&client, a, cli.json).await?,
-        Command::Ls { camera: None, .. } => {
-            let r = client
-                .archive()
-                .list_cameras(pb::ListCamerasRequest {})
-                .await
-                .map_err(status)?
-                .into_inner();
-            if cli.json {
-                println!(
-                    "{}",
-                    serde_json::Value::Array(r.cameras.iter().map(output::camera_json).collect())
-                );
-            } else {
-                for c in &r.cameras {
-                    println!("{}", output::camera_line(c));
-                }
-            }
-        }
+    }
+}
+
+/// Runs one subcommand against the server (`certs` is handled before connecting).
+async fn run(client: &Client, command: Command, json_out: bool) -> Result<()> {
+    match command {
+        Command::Ingest(a) => ingest(client, a, json_out).await,
+        Command::Ls { camera: None, .. } => list_cameras(client, json_out).await,
         Command::Ls {
             camera: Some(camera),
             from,
             to,
             stream,
-        } => {
-            let range = range_of(&from, &to)?;
-            let mut token = String::new();
-            let mut all = Vec::new();
-            loop {
-                let r = client
-                    .archive()
-                    .list_segments(pb::ListSegmentsRequest {
-                        camera_id: camera.clone(),
-                        stream: stream.clone(),
-                        start: Some(ts(range.start())),
-                        end: Some(ts(range.end())),
-                        page_size: 0,
-                        page_token: token.clone(),
-                    })
-                    .await
-                    .map_err(status)?
-                    .into_inner();
-                for s in &r.segments {
-                    if !cli.json {
-                        println!("{}", output::segment_line(s));
-                    }
-                }
-                all.extend(r.segments);
-                if r.next_page_token.is_empty() {
-                    break;
-                }
-                token = r.next_page_token;
-            }
-            if cli.json {
-                println!(
-                    "{}",
-                    serde_json::Value::Array(all.iter().map(output::segment_json).collect())
-                );
-            }
-        }
+        } => list_segments(client, camera, range_of(&from, &to)?, stream, json_out).await,
         Command::Get {
             segment_id,
             output,
             offset,
             length,
-        } => {
-            let s = client
-                .archive()
-                .read_segment(pb::ReadSegmentRequest {
-                    segment_id: segment_id.clone(),
-                    offset,
-                    length,
-                })
-                .await
-                .map_err(status)?
-                .into_inner()
-                .map(|m| m.map(|m| m.data));
-            let n = write_stream(s, &output).await?;
-            report_written(
-                &output,
-                json!({"segment_id": segment_id, "bytes": n, "output": output}),
-                format!("{segment_id}: {n} bytes → {}", output.display()),
-                cli.json,
-            );
-        }
+        } => get_segment(client, segment_id, &output, offset, length, json_out).await,
         Command::Export {
             camera,
             from,
@@ -524,91 +467,210 @@ async fn main() -> Result<()> {
             output,
         } => {
             let range = range_of(&Some(from), &Some(to))?;
-            let s = client
-                .archive()
-                .export_clip(pb::ExportClipRequest {
-                    camera_id: camera.clone(),
-                    stream,
-                    start: Some(ts(range.start())),
-                    end: Some(ts(range.end())),
-                })
-                .await
-                .map_err(status)?
-                .into_inner();
-            let mut segments = 0usize;
-            let s = s.map(|m| {
-                m.map(|m| {
-                    segments += m.segments.len();
-                    m.data
-                })
-            });
-            let n = write_stream(s, &output).await?;
-            report_written(
-                &output,
-                json!({"camera_id": camera, "segments": segments, "bytes": n, "output": output}),
-                format!(
-                    "{camera} {range}: {segments} segments, {n} bytes → {}",
-                    output.display()
-                ),
-                cli.json,
-            );
+            export_clip(client, camera, range, stream, &output, json_out).await
         }
         Command::Policy { command } => {
-            custody_cli::retention::policy(&client, command, cli.json).await?
+            custody_cli::retention::policy(client, command, json_out).await
         }
-        Command::Hold { command } => {
-            custody_cli::retention::hold(&client, command, cli.json).await?
-        }
+        Command::Hold { command } => custody_cli::retention::hold(client, command, json_out).await,
         Command::Sweep { dry_run } => {
-            custody_cli::retention::sweep(&client, dry_run, cli.json).await?
+            custody_cli::retention::sweep(client, dry_run, json_out).await
         }
-        // Handled above, before connecting.
-        Command::Certs { .. } => {}
-        Command::Status => {
-            let r = NodeServiceClient::new(client.channel())
-                .get_status(pb::GetStatusRequest {})
-                .await
-                .map_err(status)?
-                .into_inner();
-            if cli.json {
-                let ls: Vec<_> = r
-                    .listeners
-                    .iter()
-                    .map(|l| {
-                        serde_json::json!({"name": l.name, "addr": l.addr, "services": l.services,
-                            "mtls": l.mtls, "refusals": l.refusals})
-                    })
-                    .collect();
-                println!("{}", serde_json::json!({ "listeners": ls }));
-            } else {
-                for l in &r.listeners {
-                    let refused: Vec<String> =
-                        l.refusals.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    println!(
-                        "{:<12} {:<22} {:<9} refused: {}  services: {}",
-                        l.name,
-                        l.addr,
-                        if l.mtls { "mtls" } else { "plaintext" },
-                        if refused.is_empty() {
-                            "none".to_string()
-                        } else {
-                            refused.join(" ")
-                        },
-                        l.services.join(",")
-                    );
-                }
-            }
-        }
-        Command::Audit { command } => custody_cli::audit::audit(&client, command, cli.json).await?,
+        // Handled in main, before connecting.
+        Command::Certs { .. } => Ok(()),
+        Command::Status => show_status(client, json_out).await,
+        Command::Audit { command } => custody_cli::audit::audit(client, command, json_out).await,
         Command::Compliance { command } => {
-            custody_cli::compliance::compliance(&client, command, cli.json).await?
+            custody_cli::compliance::compliance(client, command, json_out).await
         }
         Command::Evidence { command } => {
-            custody_cli::evidence::evidence(&client, command, cli.json).await?
+            custody_cli::evidence::evidence(client, command, json_out).await
         }
-        Command::Keys {
-            command: KeysCommand::Init { key_file },
-        } => {
+        Command::Keys { command } => keys(command),
+    }
+}
+
+/// An RPC failure as an error, in words.
+fn rpc_error(e: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", describe(&e))
+}
+
+/// `custody ls`: the cameras the archive holds footage of.
+async fn list_cameras(client: &Client, json_out: bool) -> Result<()> {
+    let r = client
+        .archive()
+        .list_cameras(pb::ListCamerasRequest {})
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    if json_out {
+        println!(
+            "{}",
+            serde_json::Value::Array(r.cameras.iter().map(output::camera_json).collect())
+        );
+    } else {
+        for c in &r.cameras {
+            println!("{}", output::camera_line(c));
+        }
+    }
+    Ok(())
+}
+
+/// `custody ls CAMERA`: the camera's segments in `range`, page by page.
+async fn list_segments(
+    client: &Client,
+    camera: String,
+    range: TimeRange,
+    stream: String,
+    json_out: bool,
+) -> Result<()> {
+    let mut token = String::new();
+    let mut all = Vec::new();
+    loop {
+        let r = client
+            .archive()
+            .list_segments(pb::ListSegmentsRequest {
+                camera_id: camera.clone(),
+                stream: stream.clone(),
+                start: Some(ts(range.start())),
+                end: Some(ts(range.end())),
+                page_size: 0,
+                page_token: token.clone(),
+            })
+            .await
+            .map_err(rpc_error)?
+            .into_inner();
+        for s in &r.segments {
+            if !json_out {
+                println!("{}", output::segment_line(s));
+            }
+        }
+        all.extend(r.segments);
+        if r.next_page_token.is_empty() {
+            break;
+        }
+        token = r.next_page_token;
+    }
+    if json_out {
+        println!(
+            "{}",
+            serde_json::Value::Array(all.iter().map(output::segment_json).collect())
+        );
+    }
+    Ok(())
+}
+
+/// `custody get`: a segment's decrypted bytes (or a byte range of them) to `output`.
+async fn get_segment(
+    client: &Client,
+    segment_id: String,
+    output: &Path,
+    offset: u64,
+    length: u64,
+    json_out: bool,
+) -> Result<()> {
+    let s = client
+        .archive()
+        .read_segment(pb::ReadSegmentRequest {
+            segment_id: segment_id.clone(),
+            offset,
+            length,
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner()
+        .map(|m| m.map(|m| m.data));
+    let n = write_stream(s, output).await?;
+    report_written(
+        output,
+        json!({"segment_id": segment_id, "bytes": n, "output": output}),
+        format!("{segment_id}: {n} bytes → {}", output.display()),
+        json_out,
+    );
+    Ok(())
+}
+
+/// `custody export`: a camera's footage in `range` as one MPEG-TS file at `output`.
+async fn export_clip(
+    client: &Client,
+    camera: String,
+    range: TimeRange,
+    stream: String,
+    output: &Path,
+    json_out: bool,
+) -> Result<()> {
+    let s = client
+        .archive()
+        .export_clip(pb::ExportClipRequest {
+            camera_id: camera.clone(),
+            stream,
+            start: Some(ts(range.start())),
+            end: Some(ts(range.end())),
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    let mut segments = 0usize;
+    let s = s.map(|m| {
+        m.map(|m| {
+            segments += m.segments.len();
+            m.data
+        })
+    });
+    let n = write_stream(s, output).await?;
+    report_written(
+        output,
+        json!({"camera_id": camera, "segments": segments, "bytes": n, "output": output}),
+        format!(
+            "{camera} {range}: {segments} segments, {n} bytes → {}",
+            output.display()
+        ),
+        json_out,
+    );
+    Ok(())
+}
+
+/// `custody status`: the server's listeners and their refused-request counts.
+async fn show_status(client: &Client, json_out: bool) -> Result<()> {
+    let r = NodeServiceClient::new(client.channel())
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    if json_out {
+        let ls: Vec<_> = r
+            .listeners
+            .iter()
+            .map(|l| {
+                serde_json::json!({"name": l.name, "addr": l.addr, "services": l.services,
+                    "mtls": l.mtls, "refusals": l.refusals})
+            })
+            .collect();
+        println!("{}", serde_json::json!({ "listeners": ls }));
+    } else {
+        for l in &r.listeners {
+            let refused: Vec<String> = l.refusals.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!(
+                "{:<12} {:<22} {:<9} refused: {}  services: {}",
+                l.name,
+                l.addr,
+                if l.mtls { "mtls" } else { "plaintext" },
+                if refused.is_empty() {
+                    "none".to_string()
+                } else {
+                    refused.join(" ")
+                },
+                l.services.join(",")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `custody keys`: create a key file, or rotate its active key.
+fn keys(command: KeysCommand) -> Result<()> {
+    match command {
+        KeysCommand::Init { key_file } => {
             let k = custody_crypto::Keyring::create_file(&key_file)?;
             println!(
                 "created {} (mode 0600) with key {}",
@@ -616,9 +678,7 @@ async fn main() -> Result<()> {
                 k.active().id()
             );
         }
-        Command::Keys {
-            command: KeysCommand::Rotate { key_file, id },
-        } => {
+        KeysCommand::Rotate { key_file, id } => {
             let mut k = custody_crypto::Keyring::load_file(&key_file)?;
             k.rotate(custody_crypto::KeyId::parse(&id)?)?;
             k.save(&key_file)?;
