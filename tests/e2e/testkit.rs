@@ -14,11 +14,11 @@ use custody_proto::v1::put_segment_request::Part;
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 
-pub const CUSTODYD: &str = env!("CARGO_BIN_EXE_custodyd");
-pub const CUSTODY: &str = env!("CARGO_BIN_EXE_custody");
+pub(crate) const CUSTODYD: &str = env!("CARGO_BIN_EXE_custodyd");
+pub(crate) const CUSTODY: &str = env!("CARGO_BIN_EXE_custody");
 
 /// A running `custodyd`, killed when dropped.
-pub struct Server {
+pub(crate) struct Server {
     pub child: Child,
     pub addr: String,
     pub data_dir: PathBuf,
@@ -27,7 +27,7 @@ pub struct Server {
 
 impl Server {
     /// Starts `custodyd` on `data_dir` with an optional config file, on a free port.
-    pub fn start(data_dir: &Path, config: Option<&Path>) -> Server {
+    pub(crate) fn start(data_dir: &Path, config: Option<&Path>) -> Server {
         let mut cmd = Command::new(CUSTODYD);
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
@@ -61,13 +61,13 @@ impl Server {
     }
 
     /// SIGKILL, no chance to clean up.
-    pub fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
     /// SIGTERM (a clean shutdown) and waits for the exit; asserts it was clean.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         let ok = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -79,26 +79,26 @@ impl Server {
     }
 
     /// Kills and starts again on the same data dir (new port).
-    pub fn restart(mut self) -> Server {
+    pub(crate) fn restart(mut self) -> Server {
         self.kill9();
         Server::start(&self.data_dir.clone(), self.config.clone().as_deref())
     }
 
-    pub async fn archive(&self) -> ArchiveServiceClient<Channel> {
+    pub(crate) async fn archive(&self) -> ArchiveServiceClient<Channel> {
         ArchiveServiceClient::connect(self.addr.clone())
             .await
             .expect("connect")
             .max_decoding_message_size(64 << 20)
     }
 
-    pub async fn ingest(&self) -> IngestServiceClient<Channel> {
+    pub(crate) async fn ingest(&self) -> IngestServiceClient<Channel> {
         IngestServiceClient::connect(self.addr.clone())
             .await
             .expect("connect")
     }
 
     /// Runs the `custody` client against this server.
-    pub fn custody(&self, args: &[&str]) -> Output {
+    pub(crate) fn custody(&self, args: &[&str]) -> Output {
         let out = Command::new(CUSTODY)
             .arg("--server")
             .arg(&self.addr)
@@ -109,7 +109,7 @@ impl Server {
     }
 
     /// Runs `custody`, asserts success and returns stdout.
-    pub fn custody_ok(&self, args: &[&str]) -> String {
+    pub(crate) fn custody_ok(&self, args: &[&str]) -> String {
         let out = self.custody(args);
         assert!(
             out.status.success(),
@@ -127,7 +127,7 @@ impl Drop for Server {
 }
 
 /// Runs the `custody` client with no server (offline subcommands).
-pub fn custody_offline(args: &[&str]) -> Output {
+pub(crate) fn custody_offline(args: &[&str]) -> Output {
     Command::new(CUSTODY)
         .args(args)
         .env_remove("RUST_BACKTRACE")
@@ -136,7 +136,7 @@ pub fn custody_offline(args: &[&str]) -> Output {
 }
 
 /// Panics with an install hint when a tool is missing.
-pub fn require(tool: &str) {
+pub(crate) fn require(tool: &str) {
     let ok = Command::new(tool)
         .arg("-version")
         .output()
@@ -149,7 +149,7 @@ pub fn require(tool: &str) {
 }
 
 /// `n` H.264 MPEG-TS segments of `secs` seconds each from ffmpeg's test source.
-pub fn ffmpeg_segments(dir: &Path, n: u32, secs: u32) -> Vec<PathBuf> {
+pub(crate) fn ffmpeg_segments(dir: &Path, n: u32, secs: u32) -> Vec<PathBuf> {
     require("ffmpeg");
     std::fs::create_dir_all(dir).unwrap();
     let status = Command::new("ffmpeg")
@@ -193,7 +193,7 @@ pub fn ffmpeg_segments(dir: &Path, n: u32, secs: u32) -> Vec<PathBuf> {
 }
 
 /// Duration of a media file according to ffprobe, in seconds.
-pub fn ffprobe_duration(file: &Path) -> f64 {
+pub(crate) fn ffprobe_duration(file: &Path) -> f64 {
     require("ffprobe");
     let out = Command::new("ffprobe")
         .args([
@@ -220,7 +220,7 @@ pub fn ffprobe_duration(file: &Path) -> f64 {
 }
 
 /// Every regular file under `dir`.
-pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -237,7 +237,7 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Segment objects (`.cseg`) under a data dir.
-pub fn stored_objects(data_dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn stored_objects(data_dir: &Path) -> Vec<PathBuf> {
     files_under(&data_dir.join("objects"))
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "cseg"))
@@ -245,13 +245,13 @@ pub fn stored_objects(data_dir: &Path) -> Vec<PathBuf> {
 }
 
 /// A domain instant as a wire timestamp.
-pub fn ts(t: custody_core::Timestamp) -> prost_types::Timestamp {
+pub(crate) fn ts(t: custody_core::Timestamp) -> prost_types::Timestamp {
     let (seconds, nanos) = t.to_parts();
     prost_types::Timestamp { seconds, nanos }
 }
 
 /// Reads a whole segment over gRPC.
-pub async fn read_all(server: &Server, id: &str) -> Result<Vec<u8>, tonic::Status> {
+pub(crate) async fn read_all(server: &Server, id: &str) -> Result<Vec<u8>, tonic::Status> {
     use futures::StreamExt;
     let mut s = server
         .archive()
@@ -271,7 +271,7 @@ pub async fn read_all(server: &Server, id: &str) -> Result<Vec<u8>, tonic::Statu
 }
 
 /// A `custodyd` with several listeners, killed when dropped.
-pub struct Daemon(pub Child);
+pub(crate) struct Daemon(pub Child);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
@@ -282,7 +282,7 @@ impl Drop for Daemon {
 
 /// Starts `custodyd --config` and returns the bound `host:port` of each of
 /// its `n` listeners by name (read from its banner lines).
-pub fn start_listeners(
+pub(crate) fn start_listeners(
     config: &Path,
     data_dir: &Path,
     n: usize,
@@ -291,7 +291,7 @@ pub fn start_listeners(
 }
 
 /// As [`start_listeners`], with a prepared command (e.g. `ip netns exec NS custodyd`).
-pub fn start_listeners_with(
+pub(crate) fn start_listeners_with(
     mut cmd: Command,
     config: &Path,
     data_dir: &Path,
@@ -331,7 +331,7 @@ pub fn start_listeners_with(
 
 /// `custody certs init` into `dir` for a loopback server, with the given
 /// cameras and `NAME:ROLE` users.
-pub fn certs_init(dir: &Path, cameras: &[&str], users: &[&str]) {
+pub(crate) fn certs_init(dir: &Path, cameras: &[&str], users: &[&str]) {
     let mut cmd = Command::new(CUSTODY);
     cmd.args(["certs", "init", "--dir"]).arg(dir).args([
         "--server-host",
@@ -355,7 +355,7 @@ pub fn certs_init(dir: &Path, cameras: &[&str], users: &[&str]) {
 
 /// A mutual-TLS channel to `https://{addr}` as principal `name` (its
 /// `NAME.pem`/`NAME.key` in `certs`), verifying the server as `localhost`.
-pub async fn tls_channel(addr: &str, certs: &Path, name: &str) -> Result<Channel, String> {
+pub(crate) async fn tls_channel(addr: &str, certs: &Path, name: &str) -> Result<Channel, String> {
     let read = |f: String| std::fs::read(certs.join(f)).expect("read certificate file");
     let tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(read(
@@ -377,7 +377,7 @@ pub async fn tls_channel(addr: &str, certs: &Path, name: &str) -> Result<Channel
 }
 
 /// Runs `custody` against `https://{addr}` as principal `name`.
-pub fn custody_tls(addr: &str, certs: &Path, name: &str, args: &[&str]) -> Output {
+pub(crate) fn custody_tls(addr: &str, certs: &Path, name: &str, args: &[&str]) -> Output {
     Command::new(CUSTODY)
         .arg("--server")
         .arg(format!("https://{addr}"))
@@ -396,19 +396,19 @@ pub fn custody_tls(addr: &str, certs: &Path, name: &str, args: &[&str]) -> Outpu
 // Building uploads by hand (for bad input and retries).
 
 /// 2026-01-01T10:00:00Z, the epoch of hand-made uploads.
-pub fn t0() -> Timestamp {
+pub(crate) fn t0() -> Timestamp {
     Timestamp::parse_rfc3339("2026-01-01T10:00:00Z").unwrap()
 }
 
-pub fn secs(s: i64) -> Timestamp {
+pub(crate) fn secs(s: i64) -> Timestamp {
     t0().saturating_add_nanos(s * 1_000_000_000)
 }
 
-pub fn json(s: &str) -> serde_json::Value {
+pub(crate) fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("bad json {s:?}: {e}"))
 }
 
-pub fn header(camera: &str, start: Timestamp, end: Timestamp) -> pb::PutSegmentRequest {
+pub(crate) fn header(camera: &str, start: Timestamp, end: Timestamp) -> pb::PutSegmentRequest {
     pb::PutSegmentRequest {
         part: Some(Part::Header(pb::SegmentHeader {
             camera_id: camera.into(),
@@ -421,13 +421,13 @@ pub fn header(camera: &str, start: Timestamp, end: Timestamp) -> pb::PutSegmentR
     }
 }
 
-pub fn chunk(b: &[u8]) -> pb::PutSegmentRequest {
+pub(crate) fn chunk(b: &[u8]) -> pb::PutSegmentRequest {
     pb::PutSegmentRequest {
         part: Some(Part::Chunk(b.to_vec())),
     }
 }
 
-pub fn finish(sha: Option<[u8; 32]>) -> pb::PutSegmentRequest {
+pub(crate) fn finish(sha: Option<[u8; 32]>) -> pb::PutSegmentRequest {
     pb::PutSegmentRequest {
         part: Some(Part::Finish(pb::SegmentFinish {
             sha256: sha.map(|s| s.to_vec()).unwrap_or_default(),
@@ -435,7 +435,7 @@ pub fn finish(sha: Option<[u8; 32]>) -> pb::PutSegmentRequest {
     }
 }
 
-pub async fn put(
+pub(crate) async fn put(
     server: &Server,
     msgs: Vec<pb::PutSegmentRequest>,
 ) -> Result<pb::PutSegmentResponse, tonic::Status> {
@@ -447,7 +447,7 @@ pub async fn put(
         .map(|r| r.into_inner())
 }
 
-pub async fn put_bytes(
+pub(crate) async fn put_bytes(
     server: &Server,
     camera: &str,
     start: Timestamp,

@@ -8,11 +8,11 @@ use sha2::{Digest, Sha256};
 use crate::{InvalidInput, Timestamp};
 
 /// Longest camera id accepted.
-pub const MAX_CAMERA_ID_LEN: usize = 64;
+pub(crate) const MAX_CAMERA_ID_LEN: usize = 64;
 /// Longest stream name accepted.
-pub const MAX_STREAM_LEN: usize = 32;
+pub(crate) const MAX_STREAM_LEN: usize = 32;
 /// Longest media type accepted.
-pub const MAX_MEDIA_TYPE_LEN: usize = 64;
+pub(crate) const MAX_MEDIA_TYPE_LEN: usize = 64;
 
 fn bad(kind: &'static str, value: &str, rule: &'static str) -> InvalidInput {
     InvalidInput::Id {

@@ -43,7 +43,7 @@ use crate::{AuditConfig, Caller, Node, ServerError};
 const RETRY_MIN: Duration = Duration::from_millis(500);
 
 /// Principal of records the node writes on its own behalf.
-pub const NODE_PRINCIPAL: &str = "custodyd";
+pub(crate) const NODE_PRINCIPAL: &str = "custodyd";
 
 /// What happened, before the writer numbers and chains it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -49,10 +49,10 @@ impl Default for StoreConfig {
 }
 
 /// Default of [`StoreConfig::s3_single_put_max_bytes`].
-pub const DEFAULT_SINGLE_PUT_MAX_BYTES: u64 = 16 * 1024 * 1024;
+pub(crate) const DEFAULT_SINGLE_PUT_MAX_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Prefix of objects a large remote write stages before its create-only copy.
-pub const STAGING_PREFIX: &str = "staging";
+pub(crate) const STAGING_PREFIX: &str = "staging";
 
 /// Size and key of a stored object.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,7 +25,7 @@ pub(super) struct Header {
 
 impl Header {
     /// The header bytes.
-    pub fn encode(&self) -> Vec<u8> {
+    pub(super) fn encode(&self) -> Vec<u8> {
         let m = &self.meta;
         let mut b = Vec::with_capacity(256);
         b.push(HEADER_FORMAT);
@@ -45,7 +45,7 @@ impl Header {
     }
 
     /// Parses header bytes; any deviation is [`CryptoError::Malformed`].
-    pub fn decode(bytes: &[u8]) -> Result<Header, CryptoError> {
+    pub(super) fn decode(bytes: &[u8]) -> Result<Header, CryptoError> {
         let mut r = Reader(bytes);
         let format = r.u8()?;
         if format != HEADER_FORMAT {

@@ -28,7 +28,7 @@ use custody_audit::Outcome;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshake refusals are written to the audit chain once per window, one
 /// record per peer address and reason, with the count.
-pub const REFUSAL_WINDOW: Duration = Duration::from_secs(10);
+pub(super) const REFUSAL_WINDOW: Duration = Duration::from_secs(10);
 /// At most this many refusal lines are logged per listener and window.
 const LOG_LINES_PER_WINDOW: u32 = 10;
 /// At most this many distinct (peer, reason) pairs are kept per window;
@@ -37,7 +37,7 @@ const MAX_PEERS_PER_WINDOW: usize = 1000;
 
 /// Builds the rustls configuration of a mutual-TLS listener: its identity,
 /// client certificates required and verified against `client_ca`, HTTP/2.
-pub fn server_config(
+pub(super) fn server_config(
     listener: &str,
     tls: &ListenerTls,
 ) -> Result<rustls::ServerConfig, ServerError> {
@@ -77,7 +77,7 @@ pub fn server_config(
 }
 
 /// Plain connections with `TCP_NODELAY` set.
-pub fn plain(listener: TcpListener) -> impl Stream<Item = io::Result<TcpStream>> {
+pub(super) fn plain(listener: TcpListener) -> impl Stream<Item = io::Result<TcpStream>> {
     futures::stream::unfold(listener, |listener| async move {
         let item = match listener.accept().await {
             Ok((stream, _)) => stream.set_nodelay(true).map(|()| stream),
@@ -89,7 +89,7 @@ pub fn plain(listener: TcpListener) -> impl Stream<Item = io::Result<TcpStream>>
 
 /// Connections whose mutual-TLS handshake succeeded, `TCP_NODELAY` set.
 /// Handshakes run concurrently, so a slow client does not hold up others.
-pub fn tls(
+pub(super) fn tls(
     listener: TcpListener,
     config: rustls::ServerConfig,
     name: String,
