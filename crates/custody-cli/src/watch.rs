@@ -94,16 +94,57 @@ pub fn time_in_name(name: &str, format: &str) -> Option<Timestamp> {
         })
 }
 
+/// Why a watch stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// The segment list could not be read.
+    #[error("{}: {source}", path.display())]
+    List {
+        /// The list file.
+        path: PathBuf,
+        /// The read error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The first listed name carries no time in the expected format.
+    #[error("no time matching {format:?} in segment name {file:?}")]
+    NoTimeInName {
+        /// The segment file name.
+        file: String,
+        /// The expected strftime format.
+        format: String,
+    },
+    /// A listed segment's times make no range.
+    #[error("{file}: {source}")]
+    BadRange {
+        /// The segment file name.
+        file: String,
+        /// Why the range is invalid.
+        #[source]
+        source: custody_core::InvalidInput,
+    },
+    /// The watch's state file could not be written.
+    #[error("{}: {source}", path.display())]
+    State {
+        /// The state file.
+        path: PathBuf,
+        /// The write error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A listed segment file is not on disk.
+    #[error("listed segment {0} is missing")]
+    Missing(String),
+}
+
 /// Real time ranges for the entries, anchored on the first entry's name.
-pub fn real_ranges(entries: &[ListEntry], format: &str) -> Result<Vec<TimeRange>, String> {
+pub fn real_ranges(entries: &[ListEntry], format: &str) -> Result<Vec<TimeRange>, WatchError> {
     let Some(first) = entries.first() else {
         return Ok(Vec::new());
     };
-    let t0 = time_in_name(&first.file, format).ok_or_else(|| {
-        format!(
-            "no time matching {format:?} in segment name {:?}",
-            first.file
-        )
+    let t0 = time_in_name(&first.file, format).ok_or_else(|| WatchError::NoTimeInName {
+        file: first.file.clone(),
+        format: format.to_string(),
     })?;
     let anchor = t0.as_nanos() - secs_to_nanos(first.start);
     entries
@@ -111,7 +152,10 @@ pub fn real_ranges(entries: &[ListEntry], format: &str) -> Result<Vec<TimeRange>
         .map(|e| {
             let s = Timestamp::from_nanos(anchor + secs_to_nanos(e.start));
             let t = Timestamp::from_nanos(anchor + secs_to_nanos(e.end));
-            TimeRange::new(s, t).map_err(|err| format!("{}: {err}", e.file))
+            TimeRange::new(s, t).map_err(|source| WatchError::BadRange {
+                file: e.file.clone(),
+                source,
+            })
         })
         .collect()
 }
@@ -264,7 +308,7 @@ pub async fn watch(
     client: &Client,
     cfg: &WatchConfig,
     on_segment: &mut dyn FnMut(&SegmentEvent),
-) -> Result<WatchReport, String> {
+) -> Result<WatchReport, WatchError> {
     let state_path = cfg.dir.join(STATE_FILE);
     let mut done = load_state(&state_path);
     let mut report = WatchReport::default();
@@ -272,7 +316,12 @@ pub async fn watch(
         let text = match tokio::fs::read_to_string(&cfg.list).await {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(format!("{}: {e}", cfg.list.display())),
+            Err(source) => {
+                return Err(WatchError::List {
+                    path: cfg.list.clone(),
+                    source,
+                })
+            }
         };
         let entries = parse_csv_list(&text);
         let ranges = real_ranges(&entries, &cfg.name_time_format)?;
@@ -300,7 +349,10 @@ pub async fn watch(
                     Err(e) => break Err(e),
                 }
             };
-            let state_err = |e: std::io::Error| format!("{}: {e}", state_path.display());
+            let state_err = |source: std::io::Error| WatchError::State {
+                path: state_path.clone(),
+                source,
+            };
             let mut event = SegmentEvent {
                 file: entry.file.clone(),
                 camera: cfg.camera.clone(),
@@ -333,7 +385,7 @@ pub async fn watch(
                 Err(ClientError::Io { path: p, source })
                     if source.kind() == std::io::ErrorKind::NotFound =>
                 {
-                    return Err(format!("listed segment {p} is missing"));
+                    return Err(WatchError::Missing(p));
                 }
                 Err(e) => {
                     warn!(file = %entry.file, error = %e, "server refused segment; left on disk");

@@ -8,6 +8,7 @@ use custody_store::StoreConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{default_rules, IdentityRule};
+use crate::ServerError;
 
 /// Where the key-encryption keys come from. Field names are the `[keys]` config keys.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -312,7 +313,8 @@ impl ServerConfig {
     /// The listeners to open: `listeners`, or one loopback listener on
     /// `listen` with every service. Refuses duplicate names, empty service
     /// lists and plaintext on a non-loopback address.
-    pub fn effective_listeners(&self) -> Result<Vec<ListenerConfig>, String> {
+    pub fn effective_listeners(&self) -> Result<Vec<ListenerConfig>, ServerError> {
+        let bad = ServerError::FailedPrecondition;
         let listeners = if self.listeners.is_empty() {
             vec![ListenerConfig {
                 name: "local".to_string(),
@@ -326,21 +328,21 @@ impl ServerConfig {
         let mut names = std::collections::HashSet::new();
         for l in &listeners {
             if !names.insert(l.name.as_str()) {
-                return Err(format!("listener name {:?} is used twice", l.name));
+                return Err(bad(format!("listener name {:?} is used twice", l.name)));
             }
             if l.services.is_empty() {
-                return Err(format!("listener {:?} exposes no services", l.name));
+                return Err(bad(format!("listener {:?} exposes no services", l.name)));
             }
             let addrs: Vec<std::net::SocketAddr> =
                 std::net::ToSocketAddrs::to_socket_addrs(&l.addr)
-                    .map_err(|e| format!("listener {:?}: address {:?}: {e}", l.name, l.addr))?
+                    .map_err(|e| bad(format!("listener {:?}: address {:?}: {e}", l.name, l.addr)))?
                     .collect();
             if l.tls.is_none() && (addrs.is_empty() || addrs.iter().any(|a| !a.ip().is_loopback()))
             {
-                return Err(format!(
+                return Err(bad(format!(
                     "listener {:?} binds {} without TLS: plaintext is allowed only on loopback; add [listeners.tls] with cert, key and client_ca",
                     l.name, l.addr
-                ));
+                )));
             }
         }
         Ok(listeners)
@@ -409,6 +411,7 @@ mod tests {
         assert!(public
             .effective_listeners()
             .unwrap_err()
+            .to_string()
             .contains("only on loopback"));
         let tls = ServerConfig::from_toml(
             "[[listeners]]\nname = \"cameras\"\naddr = \"0.0.0.0:7421\"\nservices = [\"ingest\"]\ntls = { cert = \"s.pem\", key = \"s.key\", client_ca = \"ca.pem\" }\n",
