@@ -26,6 +26,12 @@ fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
     p
 }
 
+/// Asserts `e` has `code` and a message naming `text`.
+fn assert_refused(e: &tonic::Status, code: Code, text: &str) {
+    assert_eq!(e.code(), code, "{e:?}");
+    assert!(e.message().contains(text), "{}", e.message());
+}
+
 /// Polls `f` every 50 ms until it returns `Some`, for at most `limit`.
 async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
 where
@@ -328,12 +334,7 @@ async fn a_segment_longer_than_todays_limit_is_still_found() {
     let e = put_bytes(&server, "cam-4", secs(1000), secs(1100), &[1u8; 100])
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(
-        e.message().contains("max_segment_duration_secs"),
-        "{}",
-        e.message()
-    );
+    assert_refused(&e, Code::InvalidArgument, "max_segment_duration_secs");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -389,12 +390,7 @@ async fn retries_are_held_to_the_same_claims_and_empty_segments_are_refused() {
     )
     .await
     .unwrap_err();
-    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    assert!(
-        e.message().contains("limits.min_segment_bytes"),
-        "{}",
-        e.message()
-    );
+    assert_refused(&e, Code::InvalidArgument, "limits.min_segment_bytes");
     assert_eq!(stored_objects(&data).len(), before);
 
     // A message over the size limit names the limit.
@@ -408,12 +404,7 @@ async fn retries_are_held_to_the_same_claims_and_empty_segments_are_refused() {
     )
     .await
     .unwrap_err();
-    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    assert!(
-        e.message().contains("limits.max_message_bytes"),
-        "{}",
-        e.message()
-    );
+    assert_refused(&e, Code::InvalidArgument, "limits.max_message_bytes");
     assert_eq!(stored_objects(&data).len(), before);
 
     // A unary request over the limit too (tonic refuses it before any
@@ -427,12 +418,7 @@ async fn retries_are_held_to_the_same_claims_and_empty_segments_are_refused() {
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    assert!(
-        e.message().contains("limits.max_message_bytes"),
-        "{}",
-        e.message()
-    );
+    assert_refused(&e, Code::InvalidArgument, "limits.max_message_bytes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -328,18 +328,7 @@ async fn query_bench(a: QueryArgs) -> Result<()> {
     // The node refuses a catalog full of footage over a missing store
     // directory (a disk not mounted): this catalog has no objects by design.
     std::fs::create_dir_all(config.data_dir.join("objects"))?;
-    let node = Node::open(&config).await.context("opening node")?;
-    let listener = config
-        .effective_listeners()
-        .map_err(anyhow::Error::msg)?
-        .remove(0);
-    let bound = grpc::Serving::bind(listener).await?;
-    let addr = format!("http://{}", bound.local_addr);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(grpc::serve(node, vec![bound], async {
-        let _ = stop_rx.await;
-    }));
-    let client = Client::new(&addr)?;
+    let (client, (stop_tx, server)) = serve_node(&config).await?;
     println!(
         "Custody query benchmark: {} segments over {} cameras (catalog built in {:.1} s), {} calls per row",
         a.segments,
@@ -584,14 +573,16 @@ async fn sweep_bench(a: SweepArgs) -> Result<()> {
     Ok(())
 }
 
-async fn ingest_bench(args: Args) -> Result<()> {
-    let _ = std::fs::remove_dir_all(&args.dir);
-    let config = ServerConfig {
-        data_dir: args.dir.join("node"),
-        listen: "127.0.0.1:0".into(),
-        ..ServerConfig::default()
-    };
-    let node = Node::open(&config).await.context("opening node")?;
+/// A stop switch and the task of a node serving gRPC in this process.
+type Serving = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), custody_server::ServerError>>,
+);
+
+/// Opens the node of `config`, serves it on a loopback port in this
+/// process, and returns a client of it with the means to stop it.
+async fn serve_node(config: &ServerConfig) -> Result<(Client, Serving)> {
+    let node = Node::open(config).await.context("opening node")?;
     let listener = config
         .effective_listeners()
         .map_err(anyhow::Error::msg)?
@@ -602,7 +593,17 @@ async fn ingest_bench(args: Args) -> Result<()> {
     let server = tokio::spawn(grpc::serve(node, vec![bound], async {
         let _ = stop_rx.await;
     }));
-    let client = Client::new(&addr)?;
+    Ok((Client::new(&addr)?, (stop_tx, server)))
+}
+
+async fn ingest_bench(args: Args) -> Result<()> {
+    let _ = std::fs::remove_dir_all(&args.dir);
+    let config = ServerConfig {
+        data_dir: args.dir.join("node"),
+        listen: "127.0.0.1:0".into(),
+        ..ServerConfig::default()
+    };
+    let (client, (stop_tx, server)) = serve_node(&config).await?;
 
     println!(
         "Custody ingest benchmark ({} per scenario, dir {}); latency is per upload (ack), \
