@@ -83,13 +83,19 @@ impl Committer {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .ok_or_else(|| ServerError::Unavailable("the node is shutting down".into()))?;
-        let req = Request { rec, sync, done };
-        // The queue is bounded: a full queue blocks a blocking thread, not
-        // the runtime.
-        tokio::task::spawn_blocking(move || tx.send(req).map_err(|_| ()))
-            .await
-            .map_err(|e| ServerError::Internal(format!("commit queue: {e}")))?
-            .map_err(|_| ServerError::Unavailable("the commit thread stopped".into()))?;
+        let stopped = || ServerError::Unavailable("the commit thread stopped".into());
+        match tx.try_send(Request { rec, sync, done }) {
+            Ok(()) => {}
+            // The queue is bounded: when it is full, wait on a blocking
+            // thread, not the runtime.
+            Err(mpsc::TrySendError::Full(req)) => {
+                tokio::task::spawn_blocking(move || tx.send(req).map_err(|_| ()))
+                    .await
+                    .map_err(|e| ServerError::Internal(format!("commit queue: {e}")))?
+                    .map_err(|()| stopped())?;
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => return Err(stopped()),
+        }
         wait.await
             .map_err(|_| ServerError::Unavailable("the commit thread stopped".into()))?
     }
