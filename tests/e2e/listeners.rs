@@ -15,24 +15,28 @@ use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
 
-async fn reflected(addr: &str) -> HashSet<String> {
+/// One reflection request to `addr` and its first answer.
+async fn reflect(addr: &str, request: MessageRequest) -> Result<MessageResponse, tonic::Status> {
     let channel = tonic::transport::Endpoint::from_shared(addr.to_string())
         .unwrap()
         .connect()
         .await
         .unwrap();
-    let mut c = ServerReflectionClient::new(channel);
     let req = ServerReflectionRequest {
         host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
+        message_request: Some(request),
     };
-    let mut resp = c
+    let mut resp = ServerReflectionClient::new(channel)
         .server_reflection_info(futures::stream::iter([req]))
-        .await
-        .unwrap()
+        .await?
         .into_inner();
-    match resp.next().await.unwrap().unwrap().message_response {
-        Some(MessageResponse::ListServicesResponse(l)) => {
+    let first = resp.next().await.expect("a reflection answer")?;
+    Ok(first.message_response.expect("a message response"))
+}
+
+async fn reflected(addr: &str) -> HashSet<String> {
+    match reflect(addr, MessageRequest::ListServices(String::new())).await {
+        Ok(MessageResponse::ListServicesResponse(l)) => {
             l.service.into_iter().map(|s| s.name).collect()
         }
         other => panic!("unexpected {other:?}"),
@@ -41,29 +45,16 @@ async fn reflected(addr: &str) -> HashSet<String> {
 
 /// Whether reflection on `addr` describes the file holding `symbol`.
 async fn describes(addr: &str, symbol: &str) -> bool {
-    let channel = tonic::transport::Endpoint::from_shared(addr.to_string())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut c = ServerReflectionClient::new(channel);
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::FileContainingSymbol(symbol.to_string())),
-    };
-    let mut resp = c
-        .server_reflection_info(futures::stream::iter([req]))
-        .await
-        .unwrap()
-        .into_inner();
-    match resp.next().await.unwrap() {
-        Ok(r) => match r.message_response {
-            Some(MessageResponse::FileDescriptorResponse(f)) => !f.file_descriptor_proto.is_empty(),
-            Some(MessageResponse::ErrorResponse(_)) => false,
-            other => panic!("unexpected {other:?}"),
-        },
+    match reflect(
+        addr,
+        MessageRequest::FileContainingSymbol(symbol.to_string()),
+    )
+    .await
+    {
+        Ok(MessageResponse::FileDescriptorResponse(f)) => !f.file_descriptor_proto.is_empty(),
+        Ok(MessageResponse::ErrorResponse(_)) => false,
         Err(s) if s.code() == Code::NotFound => false,
-        Err(s) => panic!("reflection failed: {s:?}"),
+        other => panic!("unexpected {other:?}"),
     }
 }
 

@@ -270,8 +270,8 @@ async fn main() -> Result<()> {
 }
 
 async fn query_bench(a: QueryArgs) -> Result<()> {
-    use custody_catalog::{Catalog, SegmentRecord};
-    use custody_core::{CameraId, MediaType, SegmentId, StreamName};
+    use custody_catalog::Catalog;
+    use custody_core::{CameraId, SegmentId, StreamName};
     use custody_proto::v1 as pb;
     use rand::Rng;
 
@@ -300,21 +300,8 @@ async fn query_bench(a: QueryArgs) -> Result<()> {
                 let start = t0.saturating_add_nanos(j as i64 * 6_000_000_000);
                 let range = TimeRange::new(start, start.saturating_add_nanos(6_000_000_000))?;
                 let id = SegmentId::derive(camera, &stream, start, 0);
-                batch.push(SegmentRecord {
-                    segment_id: id,
-                    camera: camera.clone(),
-                    stream: stream.clone(),
-                    range,
-                    sequence: 0,
-                    media_type: MediaType::parse("video/mp2t")?,
-                    size: 3_000_000,
-                    stored_size: 3_000_100,
-                    sha256: [0; 32],
-                    key_id: "k1".into(),
-                    ingested_at: range.end(),
-                    object_key: format!("segments/{camera}/main/x/{id}.cseg"),
-                    expires_at: None,
-                });
+                let key = format!("segments/{camera}/main/x/{id}.cseg");
+                batch.push(synthetic_record(camera, range, 3_000_000, key, None)?);
                 n += 1;
                 if batch.len() == batch.capacity() {
                     catalog.put_segments(&batch)?;
@@ -424,9 +411,8 @@ async fn query_bench(a: QueryArgs) -> Result<()> {
 }
 
 async fn sweep_bench(a: SweepArgs) -> Result<()> {
-    use custody_catalog::SegmentRecord;
     use custody_core::{
-        CameraId, HoldCameras, ManualClock, MediaType, Policy, PolicyScope, SegmentId, StreamName,
+        CameraId, HoldCameras, ManualClock, Policy, PolicyScope, SegmentId, StreamName,
     };
     use custody_store::SegmentKey;
 
@@ -484,21 +470,14 @@ async fn sweep_bench(a: SweepArgs) -> Result<()> {
             node.store()
                 .put_create_only(&key, b"encrypted bytes stand-in".to_vec().into())
                 .await?;
-            batch.push(SegmentRecord {
-                segment_id: id,
-                camera: camera.clone(),
-                stream: stream.clone(),
+            let expires = range.end().saturating_add(Duration::from_secs(day));
+            batch.push(synthetic_record(
+                camera,
                 range,
-                sequence: 0,
-                media_type: MediaType::parse("video/mp2t")?,
-                size: 1_000_000,
-                stored_size: 1_000_100,
-                sha256: [0; 32],
-                key_id: "k1".into(),
-                ingested_at: range.end(),
-                object_key: key.to_string(),
-                expires_at: Some(range.end().saturating_add(Duration::from_secs(day))),
-            });
+                1_000_000,
+                key.to_string(),
+                Some(expires),
+            )?);
             n += 1;
             if batch.len() == 10_000 {
                 node.catalog().put_segments(&batch)?;
@@ -571,6 +550,33 @@ async fn sweep_bench(a: SweepArgs) -> Result<()> {
     drop(node);
     let _ = std::fs::remove_dir_all(&a.dir);
     Ok(())
+}
+
+/// A catalog entry for a segment the benchmark did not really ingest
+/// (sequence 0, stream `main`, a zero digest).
+fn synthetic_record(
+    camera: &custody_core::CameraId,
+    range: TimeRange,
+    size: u64,
+    object_key: String,
+    expires_at: Option<Timestamp>,
+) -> Result<custody_catalog::SegmentRecord> {
+    let stream = custody_core::StreamName::main();
+    Ok(custody_catalog::SegmentRecord {
+        segment_id: custody_core::SegmentId::derive(camera, &stream, range.start(), 0),
+        camera: camera.clone(),
+        stream,
+        range,
+        sequence: 0,
+        media_type: custody_core::MediaType::parse("video/mp2t")?,
+        size,
+        stored_size: size + 100,
+        sha256: [0; 32],
+        key_id: "k1".into(),
+        ingested_at: range.end(),
+        object_key,
+        expires_at,
+    })
 }
 
 /// A stop switch and the task of a node serving gRPC in this process.
