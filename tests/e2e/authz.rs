@@ -198,6 +198,7 @@ async fn every_role_every_rpc_every_listener_is_as_documented() {
         checked,
         d.config.listeners.len() * Role::ALL.len() * matrix.len()
     );
+    check_playback_matrix(&d);
 
     // Refusals are counted per listener and reason.
     let out = testkit::custody_tls(&d.addrs["admin"], &d.certs, "adm", &["status", "--json"]);
@@ -223,6 +224,88 @@ async fn every_role_every_rpc_every_listener_is_as_documented() {
         denied_on("operators") > 0 && denied_on("admin") > 0,
         "{status}"
     );
+}
+
+/// The playback table of docs/authorization.md: HTTP path → roles allowed.
+fn documented_playback() -> BTreeMap<String, BTreeSet<Role>> {
+    let doc = include_str!("../../docs/authorization.md");
+    let header: Vec<&str> = doc
+        .lines()
+        .find(|l| l.starts_with("| HTTP |"))
+        .expect("playback table in docs/authorization.md")
+        .split('|')
+        .map(str::trim)
+        .collect();
+    let mut m = BTreeMap::new();
+    for line in doc.lines().filter(|l| l.starts_with("| GET `")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        assert_eq!(cells.len(), header.len(), "malformed row {line:?}");
+        let path = cells[1].trim_start_matches("GET").trim().trim_matches('`');
+        let roles = (2..cells.len() - 1)
+            .filter(|&i| !cells[i].is_empty())
+            .map(|i| Role::parse(header[i]).unwrap_or_else(|| panic!("role {:?}", header[i])))
+            .collect();
+        m.insert(path.to_string(), roles);
+    }
+    assert_eq!(m.len(), 2, "a playlist row and a segment row");
+    m
+}
+
+/// Every role × every playback path × every listener, over HTTPS with the
+/// role's certificate: absent (404) where `playback` is not served, else
+/// allowed or refused (403, saying who and why) exactly as documented.
+fn check_playback_matrix(d: &Deployment) {
+    let coded: BTreeSet<Role> =
+        custody_server::authz::allowed_roles(custody_server::authz::PLAYBACK_RPC)
+            .unwrap_or(&[])
+            .iter()
+            .copied()
+            .collect();
+    let mut checked = 0;
+    for (path, allowed) in documented_playback() {
+        assert_eq!(allowed, coded, "{path}: playback follows ReadSegment");
+        let concrete = path
+            .replace("{camera}", "cam-a")
+            .replace("{stream}", "main")
+            .replace("{segment}", &"0".repeat(32))
+            .replace(
+                "index.m3u8",
+                "index.m3u8?from=2026-01-01T10:00:00Z&to=2026-01-01T10:01:00Z",
+            );
+        for listener in &d.config.listeners {
+            let served = listener
+                .services
+                .contains(&custody_server::ServiceKind::Playback);
+            let url = format!("https://{}{concrete}", d.addrs[&listener.name]);
+            for role in Role::ALL {
+                let r = crate::playback::curl(&url, Some((&d.certs, principal(role))), &[])
+                    .unwrap_or_else(|e| panic!("{role} GET {url}: {e}"));
+                let body = String::from_utf8_lossy(&r.body);
+                let got = match r.status {
+                    404 if body.contains("is not served on listener") => "absent",
+                    403 => {
+                        assert!(
+                            body.contains(principal(role))
+                                && body.contains("needs one of the roles"),
+                            "refusal says who and why: {body}"
+                        );
+                        "denied"
+                    }
+                    _ => "allowed",
+                };
+                let want = if !served {
+                    "absent"
+                } else if allowed.contains(&role) {
+                    "allowed"
+                } else {
+                    "denied"
+                };
+                assert_eq!(got, want, "{role} GET {path} on {}: {body}", listener.name);
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 2 * d.config.listeners.len() * Role::ALL.len());
 }
 
 /// `custody certs issue --dir DIR ARGS...` with the CA in `dir`.

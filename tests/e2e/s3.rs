@@ -1,91 +1,36 @@
-//! The same node on an S3-compatible store: a real S3 server (moto) on
-//! loopback, started by the test. Ingest, read back, rebuild the catalog
-//! from the bucket, and create-only records (holds) through the S3 API.
+//! The same node on an S3-compatible store: a real SeaweedFS (master,
+//! volume servers, filer, S3 gateway) on loopback, started by the test.
+//! Ingest, read back, rebuild the catalog from the bucket, create-only
+//! records (holds) through the S3 API, and a sweep refused while the engine
+//! is unreachable.
 
 use crate::testkit;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
+use crate::seaweed::{Seaweed, REGION};
 use crate::testkit::Server;
 use custody_core::Timestamp;
-
-struct S3Server(Child);
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("bad json {s:?}: {e}"))
 }
 
-/// Starts moto's S3 server on a free loopback port and creates `bucket`.
-fn start_s3(bucket: &str) -> (S3Server, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let ok = Command::new("python3")
-        .args(["-c", "import moto.server"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "moto is required for this test: run scripts/setup --test (pip install 'moto[server]')"
-    );
-    let mut child = Command::new("python3")
-        .args([
-            "-m",
-            "moto.server",
-            "-H",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // moto logs " * Running on http://127.0.0.1:PORT" once it listens.
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    loop {
-        let line = lines.next().expect("moto exited").unwrap();
-        if line.contains("Running on") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let create = format!(
-        "import boto3; boto3.client('s3', endpoint_url='{endpoint}', region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test').create_bucket(Bucket='{bucket}')"
-    );
-    let st = Command::new("python3")
-        .args(["-c", &create])
-        .status()
-        .unwrap();
-    assert!(st.success(), "could not create bucket");
-    (S3Server(child), endpoint)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_on_s3_ingests_reads_rebuilds_and_holds() {
-    let (s3, endpoint) = start_s3("custody-test");
+    let mut sw = Seaweed::start().await;
+    let endpoint = sw.endpoint.clone();
+    let url = format!("s3://{}/city", sw.bucket);
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("custodyd.toml");
     std::fs::write(
         &cfg,
-        format!("[store]\nurl = \"s3://custody-test/city\"\ns3_endpoint = \"{endpoint}\"\ns3_region = \"us-east-1\"\ns3_allow_http = true\n[retention]\npolicy_grace_secs = 0\nsweeper_enabled = false\n"),
+        format!(
+            "{}[retention]\npolicy_grace_secs = 0\nsweeper_enabled = false\n",
+            sw.store_toml("city")
+        ),
     )
     .unwrap();
-    std::env::set_var("AWS_ACCESS_KEY_ID", "test");
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
     let data_dir = tmp.path().join("data");
     let server = Server::start(&data_dir, Some(&cfg));
 
@@ -187,11 +132,11 @@ async fn node_on_s3_ingests_reads_rebuilds_and_holds() {
         "audit",
         "verify",
         "--store",
-        "s3://custody-test/city",
+        &url,
         "--s3-endpoint",
         &endpoint,
         "--s3-region",
-        "us-east-1",
+        REGION,
         "--s3-allow-http",
         "--key-file",
         key.to_str().unwrap(),
@@ -201,7 +146,8 @@ async fn node_on_s3_ingests_reads_rebuilds_and_holds() {
         out.status.success() && said.contains("audit chain OK"),
         "{said}"
     );
-    drop(s3);
+    // The engine becomes unreachable: the S3 gateway is killed.
+    sw.stop_s3();
     let out = server.custody(&["sweep"]);
     assert!(
         !out.status.success(),

@@ -11,7 +11,8 @@
 //! - `records`: object key → sealed record bytes (holds, releases, policies mirrored from the store)
 //! - `meta`: `schema` → the layout version; absent in a catalog that was
 //!   just created (or lost and recreated), which is how a node notices an
-//!   index that does not cover its store
+//!   index that does not cover its store. `journal/{node}` → the last batch
+//!   of that peer's journal applied here (clusters)
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -46,6 +47,8 @@ const CFS: [&str; 7] = [
 /// none) is rebuilt from the store.
 pub const SCHEMA_VERSION: u32 = 3;
 const META_SCHEMA: &[u8] = b"schema";
+/// Prefix of `journal/{node}` → last applied batch of that peer's journal.
+const META_JOURNAL: &[u8] = b"journal/";
 
 /// Whether a catalog is known to index its store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,6 +206,41 @@ impl Catalog {
             encode(&SCHEMA_VERSION),
             &sync_opts(),
         )?;
+        Ok(())
+    }
+
+    /// Removes the mark: the next start rebuilds the catalog from the store
+    /// (for an index found to have missed what peers journaled).
+    pub fn clear_mark(&self) -> Result<(), CatalogError> {
+        self.db
+            .delete_cf_opt(self.cf(CF_META), META_SCHEMA, &sync_opts())?;
+        Ok(())
+    }
+
+    /// For each peer node, the last batch of its journal applied here.
+    pub fn journal_positions(&self) -> Result<BTreeMap<String, u64>, CatalogError> {
+        let mut out = BTreeMap::new();
+        let iter = self.db.iterator_cf(
+            self.cf(CF_META),
+            IteratorMode::From(META_JOURNAL, Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item?;
+            let Some(node) = k.strip_prefix(META_JOURNAL) else {
+                break;
+            };
+            let node = String::from_utf8_lossy(node).into_owned();
+            out.insert(node, decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Records that `node`'s journal was applied up to batch `seq`, durably.
+    pub fn set_journal_position(&self, node: &str, seq: u64) -> Result<(), CatalogError> {
+        let mut key = META_JOURNAL.to_vec();
+        key.extend_from_slice(node.as_bytes());
+        self.db
+            .put_cf_opt(self.cf(CF_META), key, encode(&seq), &sync_opts())?;
         Ok(())
     }
 

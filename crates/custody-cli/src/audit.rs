@@ -16,6 +16,7 @@ use futures::TryStreamExt;
 use serde_json::{json, Value};
 
 use crate::client::{ts, Client};
+use crate::progress::{Progress, Unit};
 
 /// `custody audit` subcommands.
 #[derive(Subcommand)]
@@ -135,7 +136,7 @@ pub async fn audit(client: &Client, cmd: AuditCommand, json_out: bool) -> Result
                 Some(p) => Some(read_head(p)?),
                 None => None,
             };
-            let report = verify_store(&store, trusted.as_ref()).await?;
+            let report = verify_store(&store, trusted.as_ref(), json_out).await?;
             if json_out {
                 println!("{}", report_json(&report));
             } else if report.ok() {
@@ -171,7 +172,7 @@ pub async fn audit(client: &Client, cmd: AuditCommand, json_out: bool) -> Result
             Ok(())
         }
         AuditCommand::Head { store } => {
-            let report = verify_store(&store, None).await?;
+            let report = verify_store(&store, None, json_out).await?;
             if !report.ok() {
                 for p in &report.problems {
                     eprintln!("  {p}");
@@ -210,8 +211,12 @@ fn read_head(path: &Path) -> Result<TrustedHead> {
 
 /// Opens the store named by `args` read-only in spirit: staging goes to a
 /// private temporary directory, and a missing local directory is an error
-/// (never created).
-async fn verify_store(args: &StoreArgs, trusted: Option<&TrustedHead>) -> Result<VerifyReport> {
+/// (never created). Reading the objects shows a progress bar on a terminal.
+async fn verify_store(
+    args: &StoreArgs,
+    trusted: Option<&TrustedHead>,
+    json_out: bool,
+) -> Result<VerifyReport> {
     let keyring = Keyring::load_file(&args.key_file)
         .with_context(|| format!("key file {}", args.key_file.display()))?;
     let url = if args.store.contains("://") {
@@ -247,11 +252,15 @@ async fn verify_store(args: &StoreArgs, trusted: Option<&TrustedHead>) -> Result
             .map_ok(|o| o.key)
             .try_collect()
             .await?;
+        let bar = Progress::new(Unit::Items("objects"), json_out);
+        bar.set_length(keys.len() as u64);
         let mut objects = Vec::with_capacity(keys.len());
         for k in keys {
             let bytes = store.get(&k).await?;
             objects.push((k.to_string(), bytes.to_vec()));
+            bar.inc(1);
         }
+        bar.finish();
         Ok::<_, custody_store::StoreError>(objects)
     }
     .await;

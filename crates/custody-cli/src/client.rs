@@ -23,10 +23,15 @@ pub const UPLOAD_CHUNK: usize = 1024 * 1024;
 /// refuses a message as too large.
 pub const MIN_UPLOAD_CHUNK: usize = 64 * 1024;
 
-/// A connection to a Custody server.
+/// A connection to a Custody server, or to any of several nodes of a
+/// cluster: calls go to one node at a time, and [`Client::fail_over`] moves
+/// them to the next one when it stops answering.
 #[derive(Clone)]
 pub struct Client {
-    channel: Channel,
+    /// One lazily connected channel per node address, in the order given.
+    nodes: Arc<Vec<(String, Channel)>>,
+    /// Index into `nodes` of the node calls go to.
+    current: Arc<AtomicUsize>,
     /// Bytes per upload message, lowered for good (for this client and its
     /// clones) once the server refuses a message as too large.
     chunk: Arc<AtomicUsize>,
@@ -196,10 +201,44 @@ impl Client {
         Client::connect(addr, None)
     }
 
-    /// A client for `addr`: `http://` plaintext (loopback servers), or
-    /// `https://` with mutual TLS from `tls`. Connects lazily, so a server
-    /// that is down is reported per call (and retried by callers that want to).
-    pub fn connect(addr: &str, tls: Option<&ClientTls>) -> Result<Client, ClientError> {
+    /// A client for `addrs`: one address, or several separated by commas
+    /// (the nodes of a cluster, tried in that order). Each is `http://`
+    /// plaintext (loopback servers) or `https://` with mutual TLS from
+    /// `tls`. Connects lazily, so a server that is down is reported per call
+    /// (and retried, or failed over, by callers that want to).
+    pub fn connect(addrs: &str, tls: Option<&ClientTls>) -> Result<Client, ClientError> {
+        let nodes = addrs
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(|a| Ok((a.to_string(), Self::channel_to(a, tls)?)))
+            .collect::<Result<Vec<_>, ClientError>>()?;
+        if nodes.is_empty() {
+            return Err(ClientError::Address(addrs.to_string()));
+        }
+        Ok(Client {
+            nodes: Arc::new(nodes),
+            current: Arc::new(AtomicUsize::new(0)),
+            chunk: Arc::new(AtomicUsize::new(UPLOAD_CHUNK)),
+        })
+    }
+
+    /// The address calls go to now.
+    pub fn address(&self) -> &str {
+        &self.nodes[self.current.load(Ordering::Relaxed) % self.nodes.len()].0
+    }
+
+    /// Moves calls to the next node, when several were given; returns its
+    /// address, or `None` with a single node.
+    pub fn fail_over(&self) -> Option<&str> {
+        if self.nodes.len() < 2 {
+            return None;
+        }
+        let next = (self.current.fetch_add(1, Ordering::Relaxed) + 1) % self.nodes.len();
+        Some(&self.nodes[next].0)
+    }
+
+    fn channel_to(addr: &str, tls: Option<&ClientTls>) -> Result<Channel, ClientError> {
         let mut endpoint = Endpoint::from_shared(addr.to_string())
             .map_err(|_| ClientError::Address(addr.to_string()))?
             .connect_timeout(Duration::from_secs(5))
@@ -237,25 +276,24 @@ impl Client {
             }
             (false, None) => {}
         }
-        Ok(Client {
-            channel: endpoint.connect_lazy(),
-            chunk: Arc::new(AtomicUsize::new(UPLOAD_CHUNK)),
-        })
+        Ok(endpoint.connect_lazy())
     }
 
-    /// The underlying channel, for any service client.
+    /// The channel to the current node, for any service client.
     pub fn channel(&self) -> Channel {
-        self.channel.clone()
+        self.nodes[self.current.load(Ordering::Relaxed) % self.nodes.len()]
+            .1
+            .clone()
     }
 
     /// The archive API.
     pub fn archive(&self) -> ArchiveServiceClient<Channel> {
-        ArchiveServiceClient::new(self.channel.clone()).max_decoding_message_size(64 * 1024 * 1024)
+        ArchiveServiceClient::new(self.channel()).max_decoding_message_size(64 * 1024 * 1024)
     }
 
     /// The ingest API.
     pub fn ingest(&self) -> IngestServiceClient<Channel> {
-        IngestServiceClient::new(self.channel.clone())
+        IngestServiceClient::new(self.channel())
     }
 
     /// Bytes per upload message this client currently sends.

@@ -1,8 +1,7 @@
 //! `custody compliance report`: runs a report on the server with a progress
-//! bar on stderr, and prints it as a human summary, JSON, or a self-contained
+//! bar on stderr (terminal only, not with `--json`), and prints it as a human summary, JSON, or a self-contained
 //! HTML file an auditor can open and archive.
 
-use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -14,6 +13,7 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 
 use crate::client::{ts, Client};
+use crate::progress::{Progress, Unit};
 
 /// `custody compliance ...`
 #[derive(Subcommand)]
@@ -284,39 +284,12 @@ pub fn report_html(r: &pb::ComplianceReport) -> String {
     h
 }
 
-/// Draws a progress bar on stderr when it is a terminal.
-struct Bar {
-    on: bool,
-    drawn: bool,
-}
-
-impl Bar {
-    fn draw(&mut self, p: &pb::ReportProgress) {
-        if !self.on {
-            return;
-        }
-        const WIDTH: u64 = 30;
-        let filled = (p.scanned * WIDTH).checked_div(p.total).unwrap_or(WIDTH);
-        let bar: String = (0..WIDTH)
-            .map(|i| if i < filled { '#' } else { '.' })
-            .collect();
-        let mut e = std::io::stderr();
-        let _ = write!(
-            e,
-            "\r[{bar}] {}/{} objects, {:.1} MB read",
-            p.scanned,
-            p.total,
-            p.bytes_read as f64 / 1e6
-        );
-        let _ = e.flush();
-        self.drawn = true;
-    }
-
-    fn finish(&mut self) {
-        if self.drawn {
-            eprintln!();
-        }
-    }
+/// Shows a report's progress as the server streams it: objects examined
+/// out of the total, with the stored bytes read so far.
+fn show(bar: &Progress, p: &pb::ReportProgress) {
+    bar.set_length(p.total);
+    bar.set_position(p.scanned);
+    bar.set_message(format!("({:.1} MB read)", p.bytes_read as f64 / 1e6));
 }
 
 /// Runs `custody compliance ...`.
@@ -340,10 +313,7 @@ pub async fn compliance(client: &Client, cmd: ComplianceCommand, json_out: bool)
         .await
         .map_err(|e| anyhow::anyhow!("{:?}: {}", e.code(), e.message()))?
         .into_inner();
-    let mut bar = Bar {
-        on: std::io::stderr().is_terminal(),
-        drawn: false,
-    };
+    let bar = Progress::new(Unit::Items("objects"), json_out);
     let mut report = None;
     while let Some(msg) = stream.next().await {
         let msg = msg.map_err(|e| {
@@ -351,7 +321,7 @@ pub async fn compliance(client: &Client, cmd: ComplianceCommand, json_out: bool)
             anyhow::anyhow!("{:?}: {}", e.code(), e.message())
         })?;
         match msg.event {
-            Some(pb::run_report_response::Event::Progress(p)) => bar.draw(&p),
+            Some(pb::run_report_response::Event::Progress(p)) => show(&bar, &p),
             Some(pb::run_report_response::Event::Report(r)) => report = Some(r),
             None => {}
         }

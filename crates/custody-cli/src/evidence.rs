@@ -17,6 +17,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::client::{ts, Client};
+use crate::progress::{Progress, Unit};
 
 /// The manifest of a bundle.
 pub const MANIFEST: &str = "manifest.json";
@@ -141,6 +142,7 @@ async fn export(
     client: &Client,
     req: pb::ExportEvidenceRequest,
     out: &Path,
+    json_out: bool,
 ) -> Result<(PathBuf, u64, u64, VerifyReport)> {
     let (out, partial) = bundle_paths(out)?;
     check_target(&out)?;
@@ -150,7 +152,7 @@ async fn export(
     }
     std::fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
     let result = tokio::select! {
-        r = write_checked(client, req, &partial, &out) => r,
+        r = write_checked(client, req, &partial, &out, json_out) => r,
         () = interrupted() => Err(anyhow::anyhow!("interrupted; nothing exported")),
     };
     if result.is_err() {
@@ -166,8 +168,9 @@ async fn write_checked(
     req: pb::ExportEvidenceRequest,
     partial: &Path,
     out: &Path,
+    json_out: bool,
 ) -> Result<(u64, u64, VerifyReport)> {
-    let (files, bytes) = write_bundle(client, req, partial).await?;
+    let (files, bytes) = write_bundle(client, req, partial, json_out).await?;
     let check = verify_bundle(partial, None)?;
     if !check.ok {
         bail!(
@@ -182,11 +185,18 @@ async fn write_checked(
     Ok((files, bytes, check))
 }
 
+/// Writes the streamed files into `dir`, with a progress bar over the
+/// segment bytes when the server says their total (and stderr is a terminal).
 async fn write_bundle(
     client: &Client,
     req: pb::ExportEvidenceRequest,
     dir: &Path,
+    json_out: bool,
 ) -> Result<(u64, u64)> {
+    let bar = Progress::new(Unit::Bytes, json_out);
+    // The bar counts the segment files' bytes when the server gives their
+    // total (the small files after them are not counted), else every byte.
+    let (mut told_total, mut counted) = (false, true);
     let mut stream = EvidenceServiceClient::new(client.channel())
         .max_decoding_message_size(64 << 20)
         .export_evidence(req)
@@ -220,6 +230,12 @@ async fn write_bundle(
                     .open(&path)
                     .with_context(|| format!("creating {}", path.display()))?;
                 files += 1;
+                if f.segment_bytes_total > 0 {
+                    bar.set_length(f.segment_bytes_total);
+                    told_total = true;
+                }
+                counted = !told_total || f.segment_bytes_total > 0;
+                bar.set_message(format!("{files} files"));
                 current = Some((path, file, f.size, 0));
             }
             Some(pb::export_evidence_response::Part::Data(d)) => {
@@ -230,6 +246,9 @@ async fn write_bundle(
                     .with_context(|| format!("writing {}", path.display()))?;
                 *got += d.len() as u64;
                 bytes += d.len() as u64;
+                if counted {
+                    bar.inc(d.len() as u64);
+                }
             }
             None => {}
         }
@@ -417,7 +436,7 @@ pub async fn evidence(client: &Client, cmd: EvidenceCommand, json_out: bool) -> 
                 },
                 _ => bail!("give --hold ID, or --camera X --from T --to T"),
             };
-            let (out, files, bytes, check) = export(client, req, &out).await?;
+            let (out, files, bytes, check) = export(client, req, &out, json_out).await?;
             if json_out {
                 println!(
                     "{}",

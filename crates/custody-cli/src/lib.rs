@@ -12,5 +12,7 @@ pub mod compliance;
 pub mod evidence;
 pub mod logging;
 pub mod output;
+pub mod play;
+pub mod progress;
 pub mod retention;
 pub mod watch;

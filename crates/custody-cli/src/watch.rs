@@ -215,6 +215,9 @@ pub struct SegmentEvent {
     pub segment_id: String,
     /// What happened.
     pub outcome: Outcome,
+    /// Listed segments still to settle after this one, as of this pass over
+    /// the list (for progress).
+    pub pending: usize,
 }
 
 /// `2026-11-24T10:00:00Z..10:00:02Z`: the end without its date when it is the start's.
@@ -325,6 +328,7 @@ pub async fn watch(
         };
         let entries = parse_csv_list(&text);
         let ranges = real_ranges(&entries, &cfg.name_time_format)?;
+        let mut pending = entries.iter().filter(|e| !done.contains(&e.file)).count();
         for (entry, range) in entries.iter().zip(ranges) {
             if done.contains(&entry.file) {
                 continue;
@@ -342,7 +346,9 @@ pub async fn watch(
                 match client.put_file(&upload, &path).await {
                     Ok(r) => break Ok(r),
                     Err(e) if e.is_retryable() => {
-                        warn!(file = %entry.file, error = %e, retry_in = ?backoff, "server unavailable or busy; will retry");
+                        // With several nodes, the retry goes to the next one.
+                        let node = client.fail_over().unwrap_or(client.address()).to_string();
+                        warn!(file = %entry.file, error = %e, retry_in = ?backoff, node, "server unavailable or busy; will retry");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(cfg.max_backoff);
                     }
@@ -361,7 +367,10 @@ pub async fn watch(
                 size_bytes: 0,
                 segment_id: String::new(),
                 outcome: Outcome::Uploaded,
+                pending: 0,
             };
+            pending = pending.saturating_sub(1);
+            event.pending = pending;
             match outcome {
                 Ok(r) => {
                     append_state(&state_path, "stored", &entry.file, &r.segment_id)
@@ -452,6 +461,7 @@ mod tests {
             size_bytes: 1234567,
             segment_id: "abc".into(),
             outcome: Outcome::Uploaded,
+            pending: 0,
         };
         assert_eq!(
             e.line(),

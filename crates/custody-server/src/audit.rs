@@ -37,6 +37,7 @@ use futures::TryStreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
+use crate::metrics::AuditStats;
 use crate::{AuditConfig, Caller, Node, ServerError};
 
 /// Shortest wait before retrying records a failed write left behind.
@@ -125,6 +126,8 @@ enum Cmd {
 #[derive(Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<Cmd>,
+    /// The writer's figures, for the metrics.
+    stats: AuditStats,
 }
 
 /// Where the chain stood when the writer started.
@@ -154,11 +157,23 @@ impl AuditLog {
             next_seq: 1,
             prev: GENESIS,
             config: config.clone(),
+            stats: AuditStats::default(),
         };
         let resumed = w.resume().await?;
         let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let stats = w.stats.clone();
         tokio::spawn(w.run(rx));
-        Ok((AuditLog { tx }, resumed))
+        Ok((AuditLog { tx, stats }, resumed))
+    }
+
+    /// The writer's figures (batch write latency and failures).
+    pub(crate) fn stats(&self) -> &AuditStats {
+        &self.stats
+    }
+
+    /// Requests queued for the writer and not yet taken.
+    pub(crate) fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
     }
 
     async fn send(&self, cmd: Cmd) -> Result<(), ServerError> {
@@ -210,6 +225,7 @@ struct Writer {
     next_seq: u64,
     prev: Digest,
     config: AuditConfig,
+    stats: AuditStats,
 }
 
 impl Writer {
@@ -325,7 +341,11 @@ impl Writer {
             let result = if events.is_empty() {
                 Ok(self.next_seq - 1)
             } else {
-                self.write(&events).await
+                let started = std::time::Instant::now();
+                let written = self.write(&events).await;
+                let now = self.clock.now().to_parts().0;
+                self.stats.flushed(started, written.is_ok(), now);
+                written
             };
             match &result {
                 Ok(_) => {}
@@ -411,7 +431,10 @@ impl Writer {
                         continue;
                     }
                 }
-                Err(e) => return Err(AuditWriteError::Store(Arc::new(e))),
+                Err(e) => {
+                    crate::metrics::store_error(&e);
+                    return Err(AuditWriteError::Store(Arc::new(e)));
+                }
             }
             self.next_seq = last + 1;
             self.prev = prev;

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::codegen::{BoxFuture, Service};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
@@ -41,6 +42,7 @@ pub fn allowed_roles(rpc: &str) -> Option<&'static [Role]> {
         }
         "custody.v1.RetentionService/Sweep" => &[Admin],
         "custody.v1.NodeService/GetStatus" => &[Auditor, Admin],
+        "custody.v1.NodeService/GetClusterStatus" => &[Auditor, Admin],
         "custody.v1.AuditService/ListAuditRecords" => &[Auditor],
         "custody.v1.AuditService/VerifyAuditChain" => &[Auditor, Admin],
         "custody.v1.ComplianceService/RunReport" => &[Auditor, Admin],
@@ -48,6 +50,14 @@ pub fn allowed_roles(rpc: &str) -> Option<&'static [Role]> {
         _ => return None,
     })
 }
+
+/// The RPC whose roles may play footage over HLS (`playback` listeners):
+/// whoever may read a segment may watch it.
+pub const PLAYBACK_RPC: &str = "custody.v1.ArchiveService/ReadSegment";
+
+/// The RPC whose roles may scrape `GET /metrics` (listeners with `node` or
+/// `metrics`): whoever may read the node's status may read its figures.
+pub const METRICS_RPC: &str = "custody.v1.NodeService/GetStatus";
 
 /// Services every authenticated caller may use: health and reflection.
 fn is_open_service(service: &str) -> bool {
@@ -122,9 +132,22 @@ impl GateConfig {
         } else {
             Caller::local(&self.listener)
         };
-        let rpc = req.uri().path().trim_start_matches('/');
+        let path = req.uri().path();
+        // Playback (HTTP) is allowed to whoever may read segments.
+        let playback = crate::playback::is_playback_path(path);
+        let metrics = path == crate::metrics::METRICS_PATH;
+        let rpc = if playback {
+            PLAYBACK_RPC
+        } else if metrics {
+            METRICS_RPC
+        } else {
+            path.trim_start_matches('/')
+        };
         let service = rpc.split('/').next().unwrap_or("");
-        if is_open_service(service) || !self.services.iter().any(|s| s.grpc_name() == service) {
+        if !playback
+            && !metrics
+            && (is_open_service(service) || !self.services.iter().any(|s| s.grpc_name() == service))
+        {
             // Health and reflection are open; a service this listener does
             // not serve does not exist here, and the router says so.
             return Ok(caller);
@@ -143,8 +166,15 @@ impl GateConfig {
         }
         let have: Vec<&str> = caller.roles.iter().map(|r| r.as_str()).collect();
         let need: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
+        let what = if playback {
+            format!("play footage (GET {path}, allowed to those who may call {rpc})")
+        } else if metrics {
+            format!("read metrics (GET {path}, allowed to those who may call {rpc})")
+        } else {
+            format!("call {rpc}")
+        };
         let message = format!(
-            "{} (roles: {}) may not call {rpc}: it needs one of the roles {}",
+            "{} (roles: {}) may not {what}: it needs one of the roles {}",
             caller.principal,
             if have.is_empty() {
                 "none".to_string()
@@ -264,13 +294,23 @@ impl<S> Gate<S> {
     }
 }
 
-impl<S, B, R> Service<http::Request<B>> for Gate<S>
+/// A plain-text HTTP answer (playback paths are not gRPC).
+fn http_text(status: http::StatusCode, message: &str) -> http::Response<Body> {
+    let mut r = http::Response::new(Body::new(axum::body::Body::from(format!("{message}\n"))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+impl<S, B> Service<http::Request<B>> for Gate<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<R>>,
+    S: Service<http::Request<B>, Response = http::Response<Body>>,
     S::Future: Send + 'static,
-    R: Default + Send + 'static,
 {
-    type Response = http::Response<R>;
+    type Response = http::Response<Body>;
     type Error = S::Error;
     type Future = BoxFuture<Self::Response, Self::Error>;
 
@@ -279,6 +319,27 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let playback = crate::playback::is_playback_path(req.uri().path());
+        if playback && !self.config.services.contains(&ServiceKind::Playback) {
+            // Not configured here: it does not exist (invariant 7).
+            let message = format!(
+                "{} is not served on listener {} (it has no playback service)",
+                req.uri().path(),
+                self.config.listener
+            );
+            let response = http_text(http::StatusCode::NOT_FOUND, &message);
+            return Box::pin(async move { Ok(response) });
+        }
+        let metrics = req.uri().path() == crate::metrics::METRICS_PATH;
+        if metrics && !ServiceKind::serves_metrics(&self.config.services) {
+            // Not configured here: it does not exist (invariant 7).
+            let message = format!(
+                "/metrics is not served on listener {} (it has neither node nor metrics)",
+                self.config.listener
+            );
+            let response = http_text(http::StatusCode::NOT_FOUND, &message);
+            return Box::pin(async move { Ok(response) });
+        }
         match self.config.admit(&req) {
             Ok(caller) => {
                 req.extensions_mut().insert(caller);
@@ -306,9 +367,17 @@ where
                     cameras: crate::CameraScope::Only(Default::default()),
                     serial: None,
                 });
-                let rpc = req.uri().path().trim_start_matches('/').to_string();
+                let rpc = if playback || metrics {
+                    format!("GET {}", req.uri().path())
+                } else {
+                    req.uri().path().trim_start_matches('/').to_string()
+                };
                 let node = c.node.clone();
-                let response = Status::permission_denied(refusal.message.clone()).into_http();
+                let response = if playback || metrics {
+                    http_text(http::StatusCode::FORBIDDEN, &refusal.message)
+                } else {
+                    Status::permission_denied(refusal.message.clone()).into_http()
+                };
                 Box::pin(async move {
                     node.audit_refusal(&caller, &rpc, &refusal.message).await;
                     Ok(response)

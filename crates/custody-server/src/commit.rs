@@ -12,6 +12,7 @@ use custody_store::{PendingSync, Store};
 use tokio::sync::oneshot;
 use tracing::error;
 
+use crate::cluster::{ClusterLink, JournalEntryV1};
 use crate::retention::{index_records, Retention};
 use crate::ServerError;
 
@@ -54,11 +55,19 @@ impl Committer {
         store: Store,
         catalog: Catalog,
         retention: Arc<Retention>,
+        cluster: Arc<dyn ClusterLink>,
     ) -> Result<Committer, ServerError> {
         let (tx, rx) = mpsc::sync_channel::<Request>(4 * MAX_ROUND);
+        let runtime = tokio::runtime::Handle::current();
         let thread = thread::Builder::new()
             .name("custody-commit".into())
-            .spawn(move || run(&store, &catalog, &retention, rx))
+            .spawn(move || {
+                let journal = Journal {
+                    cluster: &*cluster,
+                    runtime,
+                };
+                run(&store, &catalog, &retention, &journal, rx)
+            })
             .map_err(|e| ServerError::Internal(format!("starting the commit thread: {e}")))?;
         Ok(Committer {
             inner: Arc::new(Inner {
@@ -101,7 +110,35 @@ impl Committer {
     }
 }
 
-fn run(store: &Store, catalog: &Catalog, retention: &Retention, rx: mpsc::Receiver<Request>) {
+/// Where a round is published for peers, in a cluster.
+struct Journal<'a> {
+    cluster: &'a dyn ClusterLink,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Journal<'_> {
+    /// Appends the round to this node's journal, if the node journals: a
+    /// segment is acknowledged only once peers can learn of it, so none
+    /// acknowledged is missing from the journal when the node dies.
+    fn publish(&self, recs: &[SegmentRecord]) -> Result<(), ServerError> {
+        if !self.cluster.journals() {
+            return Ok(());
+        }
+        let entries = recs
+            .iter()
+            .map(|r| JournalEntryV1::Stored(Box::new(r.clone())))
+            .collect();
+        self.runtime.block_on(self.cluster.publish(entries))
+    }
+}
+
+fn run(
+    store: &Store,
+    catalog: &Catalog,
+    retention: &Retention,
+    journal: &Journal<'_>,
+    rx: mpsc::Receiver<Request>,
+) {
     while let Ok(first) = rx.recv() {
         let mut round = vec![first];
         while round.len() < MAX_ROUND {
@@ -121,6 +158,7 @@ fn run(store: &Store, catalog: &Catalog, retention: &Retention, rx: mpsc::Receiv
         let result = store
             .sync_dirs(&sync)
             .map_err(ServerError::from)
+            .and_then(|()| journal.publish(&recs))
             .and_then(|()| index_records(catalog, retention, recs));
         match result {
             Ok(recs) => {

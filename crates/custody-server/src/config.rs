@@ -146,11 +146,17 @@ pub enum ServiceKind {
     Compliance,
     /// `custody.v1.EvidenceService`: signed evidence bundles.
     Evidence,
+    /// HLS playback over HTTP (`/playback/v1/...`, not gRPC): playlists and
+    /// decrypted segments for whoever may `ReadSegment`.
+    Playback,
+    /// Prometheus metrics over HTTP (`GET /metrics`, not gRPC); also served
+    /// wherever `node` is.
+    Metrics,
 }
 
 impl ServiceKind {
     /// Every service.
-    pub const ALL: [ServiceKind; 9] = [
+    pub const ALL: [ServiceKind; 11] = [
         ServiceKind::Ingest,
         ServiceKind::Archive,
         ServiceKind::Policy,
@@ -160,9 +166,12 @@ impl ServiceKind {
         ServiceKind::Audit,
         ServiceKind::Compliance,
         ServiceKind::Evidence,
+        ServiceKind::Playback,
+        ServiceKind::Metrics,
     ];
 
-    /// The fully qualified gRPC service name.
+    /// The fully qualified gRPC service name; for an HTTP service (see
+    /// [`ServiceKind::is_grpc`]) the first segment of its paths.
     pub fn grpc_name(self) -> &'static str {
         match self {
             ServiceKind::Ingest => "custody.v1.IngestService",
@@ -174,7 +183,28 @@ impl ServiceKind {
             ServiceKind::Audit => "custody.v1.AuditService",
             ServiceKind::Compliance => "custody.v1.ComplianceService",
             ServiceKind::Evidence => "custody.v1.EvidenceService",
+            ServiceKind::Playback => "playback",
+            ServiceKind::Metrics => "metrics",
         }
+    }
+
+    /// Whether this is a gRPC service (listed by reflection and health).
+    pub fn is_grpc(self) -> bool {
+        !matches!(self, ServiceKind::Playback | ServiceKind::Metrics)
+    }
+
+    /// Whether this service puts HTTP routes on its listener (which then
+    /// also speaks HTTP/1.1): the HTTP services, and `node`, which brings
+    /// `GET /metrics` along.
+    pub fn has_http_routes(self) -> bool {
+        !self.is_grpc() || self == ServiceKind::Node
+    }
+
+    /// Whether a listener with `services` serves `GET /metrics`.
+    pub fn serves_metrics(services: &[ServiceKind]) -> bool {
+        services
+            .iter()
+            .any(|s| matches!(s, ServiceKind::Metrics | ServiceKind::Node))
     }
 }
 
@@ -263,6 +293,9 @@ pub struct ServerConfig {
     pub compliance: ComplianceConfig,
     /// The catalog.
     pub catalog: CatalogConfig,
+    /// Membership of a cluster of nodes on one bucket; absent for a single
+    /// node.
+    pub cluster: Option<custody_cluster::ClusterConfig>,
 }
 
 impl Default for ServerConfig {
@@ -283,6 +316,7 @@ impl Default for ServerConfig {
             audit: AuditConfig::default(),
             compliance: ComplianceConfig::default(),
             catalog: CatalogConfig::default(),
+            cluster: None,
         }
     }
 }

@@ -45,10 +45,12 @@ impl From<InvalidInput> for ServerError {
 
 impl From<StoreError> for ServerError {
     fn from(e: StoreError) -> Self {
+        crate::metrics::store_error(&e);
         match e {
             StoreError::Config(m) => ServerError::FailedPrecondition(m),
             e @ StoreError::NotFound { .. } => ServerError::NotFound(e.to_string()),
             e @ StoreError::AlreadyExists { .. } => ServerError::AlreadyExists(e.to_string()),
+            e @ StoreError::Conflict { .. } => ServerError::Aborted(e.to_string()),
             other => ServerError::Unavailable(other.to_string()),
         }
     }

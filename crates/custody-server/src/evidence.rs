@@ -53,6 +53,8 @@ pub enum BundlePart {
         path: String,
         /// Size in bytes.
         size: u64,
+        /// Bytes of all the bundle's segment files (on segment files; 0 on the others).
+        total: u64,
     },
     /// The next bytes of the current file.
     Data(Bytes),
@@ -276,13 +278,14 @@ impl Node {
         } else {
             principal.to_string()
         };
+        let total: u64 = opened.iter().map(|s| s.record.size).sum();
         let stream = async_stream::try_stream! {
             let mut files = Vec::new();
             let mut sums = String::new();
             for seg in opened {
                 let rec = seg.record.clone();
                 let path = segment_path(&rec);
-                yield BundlePart::File { path: path.clone(), size: rec.size };
+                yield BundlePart::File { path: path.clone(), size: rec.size, total };
                 let mut h = Sha256::new();
                 let len = seg.opened.plaintext_len();
                 let mut pieces = node.read_plaintext(seg, 0..len);
@@ -361,7 +364,7 @@ impl Node {
             small.push(("manifest.json", manifest));
             small.push(("manifest.json.sig", sig));
             for (path, bytes) in small {
-                yield BundlePart::File { path: path.to_string(), size: bytes.len() as u64 };
+                yield BundlePart::File { path: path.to_string(), size: bytes.len() as u64, total: 0 };
                 yield BundlePart::Data(Bytes::from(bytes));
             }
         };

@@ -58,6 +58,10 @@ pub struct IngestReceipt {
     pub duplicate: bool,
 }
 
+/// Upload pieces up to this size are encrypted on the runtime thread (tens
+/// of microseconds); larger ones on a blocking thread that also writes them.
+const INLINE_PIECE_BYTES: usize = 64 * 1024;
+
 fn hex32(d: &[u8; 32]) -> String {
     hex::encode(d)
 }
@@ -142,14 +146,22 @@ impl Node {
         };
         let kek = self.keyring.active().clone();
         let (mut enc, prefix) = Encryptor::new(&kek, &meta, self.chunk_size)?;
-        self.catalog.add_pending(&id, key.as_ref())?;
+        // The write intent goes to RocksDB on a blocking thread while the
+        // upload streams in (a RocksDB write can wait behind a synced batch
+        // of the group commit); it is awaited before the object is linked.
+        let intent = {
+            let (catalog, key) = (self.catalog.clone(), key.to_string());
+            tokio::task::spawn_blocking(move || catalog.add_pending(&id, &key))
+        };
         let mut writer = match self.store.writer(&key).await {
             Ok(w) => w,
             Err(e) => {
+                let _ = intent.await;
                 self.catalog.remove_pending(&id)?;
                 return Err(e.into());
             }
         };
+        let mut sealed = Vec::new();
         let result: Result<_, ServerError> = async {
             writer.write(&prefix).await?;
             let finish_sha = loop {
@@ -162,14 +174,22 @@ impl Node {
                                 self.limits.max_segment_bytes
                             )));
                         }
-                        let (e, ct) = tokio::task::spawn_blocking(move || {
-                            let ct = enc.update(&data);
-                            (enc, ct)
-                        })
-                        .await
-                        .map_err(|e| ServerError::Internal(format!("encryption task: {e}")))?;
-                        enc = e;
-                        writer.write(&ct).await?;
+                        if data.len() <= INLINE_PIECE_BYTES {
+                            // Small pieces: sealing them costs less than a
+                            // thread hop; the writer gathers the output.
+                            sealed.clear();
+                            enc.update_into(&data, &mut sealed);
+                            writer.write(&sealed).await?;
+                        } else {
+                            // Encrypt, hash and write on one blocking thread.
+                            enc = writer
+                                .write_from(move || {
+                                    let mut out = Vec::new();
+                                    enc.update_into(&data, &mut out);
+                                    (enc, out)
+                                })
+                                .await?;
+                        }
                     }
                     Some(Ok(IngestPart::Finish { sha256 })) => break sha256,
                     Some(Err(e)) => return Err(e),
@@ -198,9 +218,14 @@ impl Node {
             Ok(footer)
         }
         .await;
-        let footer = match result {
+        let intent = match intent.await {
+            Ok(r) => r.map_err(ServerError::from),
+            Err(e) => Err(ServerError::Internal(format!("write intent task: {e}"))),
+        };
+        let footer = match result.and_then(|f| intent.map(|()| f)) {
             Ok(f) => f,
             Err(e) => {
+                // Removing an intent that was never recorded is harmless.
                 writer.abort().await;
                 self.catalog.remove_pending(&id)?;
                 debug!(segment = %id, error = %e, "upload refused");
@@ -279,6 +304,8 @@ impl Node {
             )),
             other => other,
         })?;
+        // Its writer may have died before journaling it: tell the peers.
+        self.announce(std::slice::from_ref(&rec)).await;
         Ok(Some(rec))
     }
 

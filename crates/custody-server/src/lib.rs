@@ -8,6 +8,7 @@
 mod audit;
 pub mod authz;
 mod caller;
+mod cluster;
 mod commit;
 mod compliance;
 mod config;
@@ -16,12 +17,15 @@ mod evidence;
 pub mod grpc;
 pub mod identity;
 mod ingest;
+mod metrics;
 mod node;
+mod playback;
 mod read;
 mod rebuild;
 mod retention;
 
 pub use audit::{AuditEvent, AuditLog};
+pub use cluster::{ClusterView, MemberView};
 pub use caller::{Caller, CameraScope, Role};
 pub use compliance::{
     AuditStatus, CameraCompliance, ComplianceReport, ScanProgress, Violation, ViolationKind,

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 use crate::audit::{key_events, AuditEvent, AuditLog};
 use crate::authz::Denials;
+use crate::cluster::{ClusterLink, ClusterView, JournalEntryV1, Member, Solo};
 use crate::commit::Committer;
 use crate::identity::RevocationList;
 use crate::retention::Retention;
@@ -34,10 +35,16 @@ pub struct Node {
     inflight: Arc<Mutex<HashSet<SegmentId>>>,
     pub(crate) auth: Arc<AuthConfig>,
     pub(crate) denials: Arc<Denials>,
+    /// Prometheus metrics (`GET /metrics`).
+    pub(crate) metrics: crate::metrics::Metrics,
     pub(crate) revoked: Arc<RevocationList>,
     catalog_dir: std::path::PathBuf,
     /// Group commit of ingests.
     pub(crate) committer: Committer,
+    /// The cluster this node belongs to ([`Solo`] without one).
+    pub(crate) cluster: Arc<dyn ClusterLink>,
+    /// The same, as a member, to start its loops once the node is open.
+    member: Option<Arc<Member>>,
 }
 
 /// Releases an in-flight upload slot when dropped.
@@ -86,6 +93,9 @@ impl Node {
         node.ensure_catalog_covers_store(config.catalog.rebuild_on_start)
             .await?;
         node.recover_pending().await?;
+        if let Some(member) = &node.member {
+            member.run();
+        }
         Ok(node)
     }
 
@@ -96,6 +106,7 @@ impl Node {
     ) -> Result<(Node, RebuildReport), ServerError> {
         crate::rebuild::destroy_catalog(config)?;
         let node = Self::open_unchecked(config, Arc::new(SystemClock)).await?;
+        node.cluster.mark_heads().await?;
         let report = node.reindex_all().await?;
         node.catalog.mark_current()?;
         node.recover_pending().await?;
@@ -112,6 +123,9 @@ impl Node {
         if state == CatalogState::Current {
             return Ok(());
         }
+        // Peers' journals are applied from here on; the listing below
+        // covers what they journaled before.
+        self.cluster.mark_heads().await?;
         let mut listing = self.store.list(&custody_store::layout::segments_prefix());
         let sample = match listing.next().await {
             Some(obj) => Some(obj?.key),
@@ -196,7 +210,29 @@ impl Node {
         }
         let keyring = Arc::new(keyring);
         let retention = Arc::new(Retention::new(config.retention.clone()));
-        let committer = Committer::start(store.clone(), catalog.clone(), retention.clone())?;
+        let member = match &config.cluster {
+            Some(c) => Some(
+                Member::join(
+                    c,
+                    store.clone(),
+                    catalog.clone(),
+                    retention.clone(),
+                    keyring.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        let cluster: Arc<dyn ClusterLink> = match &member {
+            Some(m) => m.clone(),
+            None => Arc::new(Solo),
+        };
+        let committer = Committer::start(
+            store.clone(),
+            catalog.clone(),
+            retention.clone(),
+            cluster.clone(),
+        )?;
         let (audit, resumed) = AuditLog::start(
             store.clone(),
             keyring.clone(),
@@ -204,6 +240,7 @@ impl Node {
             config.audit.clone(),
         )
         .await?;
+        let metrics = crate::metrics::Metrics::new(config, audit.stats(), clock.now().to_parts().0);
         let node = Node {
             store,
             catalog,
@@ -213,12 +250,15 @@ impl Node {
             clock,
             retention,
             committer,
+            cluster,
+            member,
             audit,
             compliance: config.compliance.clone(),
             signing: Arc::new(signing),
             inflight: Arc::new(Mutex::new(HashSet::new())),
             auth: Arc::new(config.auth.clone()),
             denials: Arc::new(Denials::default()),
+            metrics,
             catalog_dir: config.catalog_dir(),
             revoked: Arc::new(
                 RevocationList::open(config.auth.revoked_serials_file.clone())
@@ -257,6 +297,71 @@ impl Node {
         &self.limits
     }
 
+    /// The cluster as this node sees it: members, duties, lag.
+    pub async fn cluster_view(&self) -> Result<ClusterView, ServerError> {
+        self.cluster.view().await
+    }
+
+    /// Tells peers of segments this node indexed from the store rather than
+    /// through its own commit (recovered after a crash, or found stored by
+    /// a node that died before journaling them). Best effort: a failure is
+    /// logged; peers still find them when they rebuild from the bucket.
+    pub(crate) async fn announce(&self, recs: &[custody_catalog::SegmentRecord]) {
+        if !self.cluster.journals() || recs.is_empty() {
+            return;
+        }
+        let entries = recs
+            .iter()
+            .map(|r| JournalEntryV1::Stored(Box::new(r.clone())))
+            .collect();
+        if let Err(e) = self.cluster.publish(entries).await {
+            warn!(error = %e, segments = recs.len(), "could not journal segments indexed from the store");
+        }
+    }
+
+    /// Tells peers that segments were deleted, so their indexes drop them.
+    pub(crate) async fn announce_deleted(&self, ids: &[SegmentId]) {
+        if !self.cluster.journals() || ids.is_empty() {
+            return;
+        }
+        let entries = ids.iter().copied().map(JournalEntryV1::Deleted).collect();
+        if let Err(e) = self.cluster.publish(entries).await {
+            warn!(error = %e, segments = ids.len(), "could not journal deletions");
+        }
+    }
+
+    /// Looks a segment up, asking the peers' journals when the index does
+    /// not have it yet (acknowledged on another node moments ago).
+    pub(crate) async fn lookup(
+        &self,
+        id: &SegmentId,
+    ) -> Result<Option<custody_catalog::SegmentRecord>, ServerError> {
+        if let Some(rec) = self.catalog.get(id)? {
+            return Ok(Some(rec));
+        }
+        if !self.cluster.journals() {
+            return Ok(None);
+        }
+        self.cluster.catch_up().await?;
+        Ok(self.catalog.get(id)?)
+    }
+
+    /// Whether the index knows `camera`, asking the peers' journals first
+    /// when it does not.
+    pub(crate) async fn knows_camera(
+        &self,
+        camera: &custody_core::CameraId,
+    ) -> Result<bool, ServerError> {
+        if self.catalog.has_camera(camera)? {
+            return Ok(true);
+        }
+        if !self.cluster.journals() {
+            return Ok(false);
+        }
+        self.cluster.catch_up().await?;
+        Ok(self.catalog.has_camera(camera)?)
+    }
+
     pub(crate) fn claim(&self, id: SegmentId) -> Option<InflightGuard> {
         let mut set = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         set.insert(id).then(|| InflightGuard {
@@ -276,7 +381,8 @@ impl Node {
             let path = ObjectPath::from(key.as_str());
             match self.index_object(&path).await {
                 Ok(rec) => {
-                    info!(segment = %id, key, size = rec.size, "recovered segment stored before a crash")
+                    info!(segment = %id, key, size = rec.size, "recovered segment stored before a crash");
+                    self.announce(std::slice::from_ref(&rec)).await;
                 }
                 Err(ServerError::NotFound(_)) => {
                     info!(segment = %id, key, "dropped upload interrupted by a crash");

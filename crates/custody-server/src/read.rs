@@ -72,8 +72,8 @@ impl Node {
     /// an object moved, renamed or swapped is reported as data loss.
     pub async fn open_segment(&self, id: &SegmentId) -> Result<OpenSegment, ServerError> {
         let record = self
-            .catalog
-            .get(id)?
+            .lookup(id)
+            .await?
             .ok_or_else(|| ServerError::NotFound(format!("segment {id} not found")))?;
         let key = ObjectPath::from(record.object_key.as_str());
         let (opened, object_len) = match self.open_object(&key).await {

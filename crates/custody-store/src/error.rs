@@ -15,6 +15,25 @@ pub enum StoreError {
         /// Object key.
         key: String,
     },
+    /// A conditional replace found another version than the one it read.
+    #[error("object {key} changed since it was read")]
+    Conflict {
+        /// Object key.
+        key: String,
+    },
+    /// The engine does not honour create-only writes (`If-None-Match: *`):
+    /// a second create-only write of one key succeeded, so nothing written
+    /// through it is protected from being replaced.
+    #[error(
+        "the object store at {url} ignores If-None-Match (create-only writes): {detail}; \
+         it cannot run as a cluster member without conditional writes"
+    )]
+    NoConditionalWrites {
+        /// The store URL.
+        url: String,
+        /// What the probe saw.
+        detail: String,
+    },
     /// The store URL or its settings are unusable.
     #[error("invalid store configuration: {0}")]
     Config(String),

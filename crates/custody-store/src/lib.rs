@@ -8,7 +8,9 @@
 
 mod error;
 pub mod layout;
+mod probe;
 mod store;
+mod versioned;
 
 pub use error::StoreError;
 pub use layout::SegmentKey;

@@ -5,12 +5,14 @@
 //!   many active holds;
 //! - `query`: ListSegments and ListCameras latency (p50/p99, 1 and 16
 //!   callers) over a catalog of millions of segments;
+//! - `playback`: HLS segment GETs next to ReadSegment (first byte of a 6 s
+//!   segment, MB/s of a large one) and custodyd's RSS with 50 players;
 //! - `report`: compliance report speed over a large catalogued store (segments/s
 //!   in header mode, MB/s in deep mode) next to raw reads of the same files on
 //!   the same disk.
 //!
 //! `source scripts/env.sh && cargo build --workspace --all-targets &&
-//! $CUSTODY_BIN_DIR/custody-bench [ingest|query|sweep|report] [--help]`
+//! $CUSTODY_BIN_DIR/custody-bench [ingest|query|sweep|report|playback] [--help]`
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -22,6 +24,9 @@ use custody_cli::client::{Client, Upload};
 use custody_core::{TimeRange, Timestamp};
 use custody_server::{grpc, Node, ServerConfig};
 use rand::RngCore;
+
+#[path = "custody-bench/playback.rs"]
+mod playback;
 
 #[derive(Parser)]
 struct Cli {
@@ -39,6 +44,44 @@ enum Bench {
     Report(ReportArgs),
     /// Query latency over a large catalog (ListSegments, ListCameras).
     Query(QueryArgs),
+    /// HLS playback vs ReadSegment: first byte, MB/s, RSS with many players.
+    Playback(playback::PlaybackArgs),
+    /// The uploading side of one ingest scenario, in its own process
+    /// (started by `ingest`; prints its results for it).
+    #[command(hide = true)]
+    IngestClient(ClientArgs),
+}
+
+/// Where the ingest benchmark's uploads come from.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ClientMode {
+    /// A child process (`custody-bench ingest-client`) over loopback: the
+    /// node's process does only the node's work.
+    Process,
+    /// Tasks in the node's own process.
+    InProcess,
+}
+
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// Server address (`http://127.0.0.1:port`).
+    #[arg(long)]
+    addr: String,
+    /// Bytes per segment.
+    #[arg(long)]
+    size: usize,
+    /// Segments to upload.
+    #[arg(long)]
+    count: u64,
+    /// Uploads in flight.
+    #[arg(long)]
+    flight: usize,
+    /// Camera id.
+    #[arg(long)]
+    camera: String,
+    /// HTTP/2 connections the uploads are spread over.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
 }
 
 #[derive(clap::Args)]
@@ -97,6 +140,14 @@ struct Args {
     /// segment every 6 s / this).
     #[arg(long, default_value_t = 10)]
     city_speedup: u32,
+    /// Where the uploads of the throughput scenarios run (the city
+    /// scenario always runs in-process).
+    #[arg(long, value_enum, default_value_t = ClientMode::Process)]
+    client: ClientMode,
+    /// With `--client process`: one HTTP/2 connection per upload in flight
+    /// (as separate recorders would open) instead of one shared connection.
+    #[arg(long)]
+    connection_per_upload: bool,
 }
 
 #[derive(clap::Args)]
@@ -130,6 +181,23 @@ impl Latencies {
     }
 }
 
+/// CPU time (user + system) this process has used so far, in seconds
+/// (from /proc, in clock ticks of 10 ms).
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        f.get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    // utime and stime, fields 14 and 15 of proc_pid_stat(5), the 12th and
+    // 13th after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// Resident set size of this process (the node runs in it), in MiB.
 fn rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -146,6 +214,8 @@ struct Row {
     bytes: u64,
     elapsed: Duration,
     latencies: Latencies,
+    /// CPU seconds of the uploading side, when it ran in its own process.
+    client_cpu: Option<f64>,
 }
 
 impl Row {
@@ -157,8 +227,10 @@ impl Row {
     }
 }
 
+/// Uploads `count` segments of `size` random bytes, `concurrency` at a
+/// time, spread over `clients` (connections) round-robin.
 async fn grpc_ingest(
-    client: &Client,
+    clients: &[Client],
     size: usize,
     count: u64,
     concurrency: usize,
@@ -172,7 +244,7 @@ async fn grpc_ingest(
     let mut tasks = Vec::new();
     for i in 0..count {
         let permit = sem.clone().acquire_owned().await?;
-        let client = client.clone();
+        let client = clients[i as usize % clients.len()].clone();
         let data = payload.clone();
         let camera = camera.to_string();
         tasks.push(tokio::spawn(async move {
@@ -201,6 +273,72 @@ async fn grpc_ingest(
         bytes: count * size as u64,
         elapsed: started.elapsed(),
         latencies,
+        client_cpu: None,
+    })
+}
+
+/// `custody-bench ingest-client`: runs [`grpc_ingest`] against `addr` and
+/// prints `elapsed_us cpu_us`, then one ack latency (µs) per line.
+async fn ingest_client(a: ClientArgs) -> Result<()> {
+    let clients = (0..a.connections.max(1))
+        .map(|_| Client::new(&a.addr))
+        .collect::<Result<Vec<_>, _>>()?;
+    let cpu0 = cpu_secs();
+    let row = grpc_ingest(&clients, a.size, a.count, a.flight, &a.camera).await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{} {}",
+        row.elapsed.as_micros(),
+        ((cpu_secs() - cpu0) * 1e6) as u64
+    )?;
+    for l in &row.latencies.0 {
+        writeln!(out, "{}", l.as_micros())?;
+    }
+    Ok(())
+}
+
+/// One scenario's uploads from a child `custody-bench ingest-client`
+/// process over loopback.
+fn grpc_ingest_process(
+    addr: &str,
+    size: usize,
+    count: u64,
+    flight: usize,
+    camera: &str,
+    connections: usize,
+) -> Result<Row> {
+    let exe = std::env::current_exe().context("locating custody-bench")?;
+    let out = std::process::Command::new(exe)
+        .args(["ingest-client", "--addr", addr, "--camera", camera])
+        .args(["--size", &size.to_string(), "--count", &count.to_string()])
+        .args(["--flight", &flight.to_string()])
+        .args(["--connections", &connections.to_string()])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running custody-bench ingest-client")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "custody-bench ingest-client failed: {}",
+        out.status
+    );
+    let text = String::from_utf8(out.stdout)?;
+    let mut lines = text.lines();
+    let first = lines.next().context("ingest-client printed nothing")?;
+    let (elapsed, cpu) = first
+        .split_once(' ')
+        .context("ingest-client: bad first line")?;
+    let mut latencies = Latencies::default();
+    for l in lines {
+        latencies.0.push(Duration::from_micros(l.parse()?));
+    }
+    Ok(Row {
+        name: format!("gRPC ingest {}", human(size)),
+        segments: count,
+        bytes: count * size as u64,
+        elapsed: Duration::from_micros(elapsed.parse()?),
+        latencies,
+        client_cpu: Some(cpu.parse::<f64>()? / 1e6),
     })
 }
 
@@ -247,6 +385,7 @@ fn raw_writes(dir: &std::path::Path, size: usize, count: u64, writers: usize) ->
         bytes: count * size as u64,
         elapsed: started.elapsed(),
         latencies,
+        client_cpu: None,
     })
 }
 
@@ -265,6 +404,8 @@ async fn main() -> Result<()> {
         Some(Bench::Report(a)) => report_bench(a).await,
         Some(Bench::Ingest(a)) => ingest_bench(a).await,
         Some(Bench::Query(a)) => query_bench(a).await,
+        Some(Bench::Playback(a)) => playback::playback_bench(a).await,
+        Some(Bench::IngestClient(a)) => ingest_client(a).await,
         None => ingest_bench(Args::parse_from(["ingest"])).await,
     }
 }
@@ -588,6 +729,12 @@ type Serving = (
 /// Opens the node of `config`, serves it on a loopback port in this
 /// process, and returns a client of it with the means to stop it.
 async fn serve_node(config: &ServerConfig) -> Result<(Client, Serving)> {
+    let (client, _, serving) = serve_node_at(config).await?;
+    Ok((client, serving))
+}
+
+/// [`serve_node`], also returning the address served.
+async fn serve_node_at(config: &ServerConfig) -> Result<(Client, String, Serving)> {
     let node = Node::open(config).await.context("opening node")?;
     let listener = config
         .effective_listeners()
@@ -599,7 +746,7 @@ async fn serve_node(config: &ServerConfig) -> Result<(Client, Serving)> {
     let server = tokio::spawn(grpc::serve(node, vec![bound], async {
         let _ = stop_rx.await;
     }));
-    Ok((Client::new(&addr)?, (stop_tx, server)))
+    Ok((Client::new(&addr)?, addr, (stop_tx, server)))
 }
 
 async fn ingest_bench(args: Args) -> Result<()> {
@@ -609,17 +756,44 @@ async fn ingest_bench(args: Args) -> Result<()> {
         listen: "127.0.0.1:0".into(),
         ..ServerConfig::default()
     };
-    let (client, (stop_tx, server)) = serve_node(&config).await?;
+    let (client, addr, (stop_tx, server)) = serve_node_at(&config).await?;
 
     println!(
-        "Custody ingest benchmark ({} per scenario, dir {}); latency is per upload (ack), \
+        "Custody ingest benchmark ({} per scenario, dir {}, {} CPUs); latency is per upload (ack), \
          raw writers run at the same parallelism",
         human(args.bytes as usize),
-        args.dir.display()
+        args.dir.display(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "{:<26} {:>6} {:>8} {:>9} {:>9} {:>8} {:>9} {:>9} {:>9}",
-        "scenario", "flight", "segments", "MB/s", "seg/s", "vs raw", "p50 ms", "p99 ms", "RSS MiB"
+        "uploads from {} over {}; node CPU = CPU seconds of the node's process during the scenario{}",
+        match args.client {
+            ClientMode::Process => "a child process (custody-bench ingest-client) over loopback",
+            ClientMode::InProcess => "tasks in the node's process",
+        },
+        if args.connection_per_upload && args.client == ClientMode::Process {
+            "one HTTP/2 connection per upload in flight"
+        } else {
+            "one HTTP/2 connection"
+        },
+        match args.client {
+            ClientMode::Process => ", client CPU = the uploading process's",
+            ClientMode::InProcess => " (client included)",
+        }
+    );
+    println!(
+        "{:<26} {:>6} {:>8} {:>9} {:>9} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "scenario",
+        "flight",
+        "segments",
+        "MB/s",
+        "seg/s",
+        "vs raw",
+        "p50 ms",
+        "p99 ms",
+        "RSS MiB",
+        "node CPU",
+        "client CPU"
     );
     let mut cam_no = 0;
     for (size, label) in [(3_000_000usize, "3mb"), (128 * 1024, "128k")] {
@@ -627,13 +801,32 @@ async fn ingest_bench(args: Args) -> Result<()> {
             cam_no += 1;
             let count = (args.bytes / size as u64).max(flight as u64);
             let cam = format!("bench-{label}-{flight}-{cam_no}");
-            let mut g = grpc_ingest(&client, size, count, flight, &cam).await?;
+            let cpu0 = cpu_secs();
+            let mut g = match args.client {
+                ClientMode::InProcess => {
+                    grpc_ingest(std::slice::from_ref(&client), size, count, flight, &cam).await?
+                }
+                ClientMode::Process => {
+                    let addr = addr.clone();
+                    // Blocking wait off the runtime threads the node serves on.
+                    tokio::task::spawn_blocking(move || {
+                        let conns = if args.connection_per_upload {
+                            flight
+                        } else {
+                            1
+                        };
+                        grpc_ingest_process(&addr, size, count, flight, &cam, conns)
+                    })
+                    .await??
+                }
+            };
+            let node_cpu = cpu_secs() - cpu0;
             let rss = rss_mib();
             let raw_dir = args.dir.join(format!("raw-{size}-{flight}"));
             let mut r = raw_writes(&raw_dir, size, count, flight)?;
             let _ = std::fs::remove_dir_all(&raw_dir);
             println!(
-                "{:<26} {:>6} {:>8} {:>9.1} {:>9.1} {:>7.2}x {:>9.2} {:>9.2} {:>9.0}",
+                "{:<26} {:>6} {:>8} {:>9.1} {:>9.1} {:>7.2}x {:>9.2} {:>9.2} {:>9.0} {:>8.2}s {:>10}",
                 g.name,
                 flight,
                 g.segments,
@@ -642,7 +835,9 @@ async fn ingest_bench(args: Args) -> Result<()> {
                 g.mbps() / r.mbps(),
                 g.latencies.pct(0.5),
                 g.latencies.pct(0.99),
-                rss
+                rss,
+                node_cpu,
+                g.client_cpu.map_or_else(|| "-".into(), |c| format!("{c:.2}s"))
             );
             println!(
                 "{:<26} {:>6} {:>8} {:>9.1} {:>9.1} {:>8} {:>9.2} {:>9.2} {:>9}",

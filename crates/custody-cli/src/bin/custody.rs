@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use custody_cli::client::{describe, media_type_for, ts, Client, ClientTls, Upload};
 use custody_cli::output;
+use custody_cli::progress::{Progress, Unit};
 use custody_cli::watch::{watch, SegmentEvent, WatchConfig};
 use custody_core::{TimeRange, Timestamp};
 use custody_proto::v1 as pb;
@@ -20,7 +21,8 @@ use tokio::io::AsyncWriteExt;
 #[derive(Parser)]
 #[command(name = "custody", version)]
 struct Cli {
-    /// Server address.
+    /// Server address; for a cluster, several separated by commas (calls
+    /// fail over to the next when one stops answering).
     #[arg(
         long,
         global = true,
@@ -45,6 +47,12 @@ struct Cli {
     json: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Members as the node at --server sees them.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -114,6 +122,11 @@ enum Command {
     },
     /// The server's listeners and refused-request counts.
     Status,
+    /// The cluster: members, liveness, duties, and this node's lag behind each.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Certificates for a deployment: CA, server, cameras, people; revocation.
     Certs {
         #[command(subcommand)]
@@ -134,6 +147,9 @@ enum Command {
         #[command(subcommand)]
         command: custody_cli::evidence::EvidenceCommand,
     },
+    /// Print the HLS playlist URL of a camera's footage in a time range
+    /// (served by listeners with the playback service); --open plays it.
+    Play(custody_cli::play::PlayArgs),
     /// Key-encryption key files.
     Keys {
         #[command(subcommand)]
@@ -229,7 +245,12 @@ async fn ingest(client: &Client, a: IngestArgs, json_out: bool) -> Result<()> {
         // One line per settled segment as it happens (JSON lines while
         // following; with --once and --json, one document at the end).
         let mut settled = Vec::new();
+        let bar = Progress::new(Unit::Items("segments"), json_out);
+        let mut count = 0u64;
         let mut on_segment = |e: &SegmentEvent| {
+            count += 1;
+            bar.set_length(count + e.pending as u64);
+            bar.set_position(count);
             if json_out && a.once {
                 settled.push(e.json());
                 return;
@@ -239,13 +260,16 @@ async fn ingest(client: &Client, a: IngestArgs, json_out: bool) -> Result<()> {
             } else {
                 e.line()
             };
-            let mut out = std::io::stdout().lock();
-            // A closed stdout must not stop the uploads.
-            let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+            bar.suspend(|| {
+                let mut out = std::io::stdout().lock();
+                // A closed stdout must not stop the uploads.
+                let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+            });
         };
         let r = watch(client, &cfg, &mut on_segment)
             .await
             .map_err(anyhow::Error::msg)?;
+        bar.finish();
         if json_out {
             println!(
                 "{}",
@@ -288,6 +312,12 @@ async fn ingest(client: &Client, a: IngestArgs, json_out: bool) -> Result<()> {
         }
         _ => bail!("give --end for one file, or --segment-duration SECONDS for consecutive files"),
     };
+    // Several files: a bar over their bytes (a file that cannot be read is
+    // named by its upload below). One file needs none.
+    let no_bar = json_out || a.files.len() < 2;
+    let bar = Progress::new(Unit::Bytes, no_bar);
+    let size = |f: &PathBuf| std::fs::metadata(f).map_or(0, |m| m.len());
+    bar.set_length(a.files.iter().map(size).sum());
     for (i, (file, range)) in a.files.iter().zip(ranges).enumerate() {
         let u = Upload {
             camera: a.camera.clone(),
@@ -307,23 +337,27 @@ async fn ingest(client: &Client, a: IngestArgs, json_out: bool) -> Result<()> {
             .put_file(&u, file)
             .await
             .with_context(|| format!("uploading {}", file.display()))?;
-        if json_out {
-            println!(
-                "{}",
-                json!({"file": file, "segment_id": r.segment_id, "size_bytes": r.size_bytes,
-                       "stored_bytes": r.stored_bytes, "sha256": hex::encode(&r.sha256), "duplicate": r.duplicate})
-            );
-        } else {
-            println!(
-                "{} {} {} B sha256 {}{}",
-                file.display(),
-                r.segment_id,
-                r.size_bytes,
-                hex::encode(&r.sha256),
-                if r.duplicate { " (already stored)" } else { "" }
-            );
-        }
+        bar.inc(size(file));
+        bar.suspend(|| {
+            if json_out {
+                println!(
+                    "{}",
+                    json!({"file": file, "segment_id": r.segment_id, "size_bytes": r.size_bytes,
+                           "stored_bytes": r.stored_bytes, "sha256": hex::encode(&r.sha256), "duplicate": r.duplicate})
+                );
+            } else {
+                println!(
+                    "{} {} {} B sha256 {}{}",
+                    file.display(),
+                    r.segment_id,
+                    r.size_bytes,
+                    hex::encode(&r.sha256),
+                    if r.duplicate { " (already stored)" } else { "" }
+                );
+            }
+        });
     }
+    bar.finish();
     Ok(())
 }
 
@@ -419,6 +453,14 @@ async fn main() -> Result<()> {
         return custody_cli::certs::run(command, cli.json);
     }
     let tls = client_tls(cli.ca, cli.cert, cli.key, cli.tls_server_name)?;
+    if let Command::Play(a) = cli.command {
+        let player_tls = tls.map(|t| custody_cli::play::PlayerTls {
+            ca: t.ca,
+            cert: t.cert,
+            key: t.key,
+        });
+        return custody_cli::play::play(&cli.server, player_tls.as_ref(), a, cli.json);
+    }
     let client = Client::connect(&cli.server, tls.as_ref())?;
     run(&client, cli.command, cli.json).await
 }
@@ -477,8 +519,11 @@ async fn run(client: &Client, command: Command, json_out: bool) -> Result<()> {
             custody_cli::retention::sweep(client, dry_run, json_out).await
         }
         // Handled in main, before connecting.
-        Command::Certs { .. } => Ok(()),
+        Command::Certs { .. } | Command::Play(_) => Ok(()),
         Command::Status => show_status(client, json_out).await,
+        Command::Cluster {
+            command: ClusterCommand::Status,
+        } => show_cluster(client, json_out).await,
         Command::Audit { command } => custody_cli::audit::audit(client, command, json_out).await,
         Command::Compliance { command } => {
             custody_cli::compliance::compliance(client, command, json_out).await
@@ -627,6 +672,51 @@ async fn export_clip(
         ),
         json_out,
     );
+    Ok(())
+}
+
+/// `custody cluster status`: members, liveness, duties and lag.
+async fn show_cluster(client: &Client, json_out: bool) -> Result<()> {
+    let r = NodeServiceClient::new(client.channel())
+        .get_cluster_status(pb::GetClusterStatusRequest {})
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    if json_out {
+        let members: Vec<_> = r
+            .members
+            .iter()
+            .map(|m| {
+                serde_json::json!({"node_id": m.node_id, "advertise": m.advertise, "alive": m.alive,
+                    "heartbeat_age_ms": m.heartbeat_age_ms, "duties": m.duties,
+                    "journal_head": m.journal_head, "applied": m.applied,
+                    "lag_batches": m.lag_batches, "version": m.version, "started_at": m.started_at})
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "node_id": r.node_id, "members": members })
+        );
+        return Ok(());
+    }
+    if r.node_id.is_empty() {
+        println!("{} runs alone (no [cluster] section)", client.address());
+        return Ok(());
+    }
+    println!("as seen by {} ({}):", r.node_id, client.address());
+    for m in &r.members {
+        println!(
+            "{:<16} {:<5} heartbeat {:>6} ms ago  journal {:>8}  applied {:>8}  lag {:>5}  duties: {:<10} {}",
+            m.node_id,
+            if m.alive { "up" } else { "DOWN" },
+            m.heartbeat_age_ms,
+            m.journal_head,
+            m.applied,
+            m.lag_batches,
+            if m.duties.is_empty() { "-".to_string() } else { m.duties.join(",") },
+            m.advertise.join(",")
+        );
+    }
     Ok(())
 }
 

@@ -52,9 +52,9 @@ impl ArchiveApi {
         ArchiveApi { node }
     }
 
-    fn known_camera(&self, id: &str) -> Result<CameraId, ServerError> {
+    async fn known_camera(&self, id: &str) -> Result<CameraId, ServerError> {
         let camera = CameraId::parse(id)?;
-        if !self.node.catalog().has_camera(&camera)? {
+        if !self.node.knows_camera(&camera).await? {
             return Err(ServerError::NotFound(format!(
                 "camera {camera} has no footage in this archive"
             )));
@@ -104,7 +104,7 @@ impl ArchiveApi {
         range
             .check_span(limits.max_query_span(), "limits.max_query_span_secs")
             .map_err(ServerError::from)?;
-        let camera = self.known_camera(camera.as_str())?;
+        let camera = self.known_camera(camera.as_str()).await?;
         let page_size = match r.page_size {
             0 => limits.default_page_size,
             n => n.min(limits.max_page_size),
@@ -175,7 +175,7 @@ impl ArchiveApi {
         range
             .check_span(limits.max_export_span(), "limits.max_export_span_secs")
             .map_err(ServerError::from)?;
-        let camera = self.known_camera(camera.as_str())?;
+        let camera = self.known_camera(camera.as_str()).await?;
         let mut records = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -293,7 +293,9 @@ impl pb::archive_service_server::ArchiveService for ArchiveApi {
         {
             target.cameras = vec![rec.camera.to_string()];
         }
-        let result = self.read_segment_inner(request).await;
+        let started = std::time::Instant::now();
+        let result = (self.read_segment_inner(request).await)
+            .map(|r| r.map(|s| self.node.metrics.timed_read(&caller.listener, started, s)));
         let p = caller.principal.clone();
         audited(
             &self.node,

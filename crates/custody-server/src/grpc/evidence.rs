@@ -85,8 +85,12 @@ impl EvidenceApi {
         let parts = self.node.export_evidence(scope, principal).await?;
         let out = parts.map(|p| {
             let part = match p? {
-                BundlePart::File { path, size } => {
-                    pb::export_evidence_response::Part::File(pb::BundleFile { path, size })
+                BundlePart::File { path, size, total } => {
+                    pb::export_evidence_response::Part::File(pb::BundleFile {
+                        path,
+                        size,
+                        segment_bytes_total: total,
+                    })
                 }
                 BundlePart::Data(b) => pb::export_evidence_response::Part::Data(b.to_vec()),
             };

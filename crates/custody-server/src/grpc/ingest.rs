@@ -42,8 +42,13 @@ impl pb::ingest_service_server::IngestService for IngestApi {
         request: Request<Streaming<pb::PutSegmentRequest>>,
     ) -> Result<Response<pb::PutSegmentResponse>, Status> {
         let caller = Caller::of(&request);
+        let started = std::time::Instant::now();
         let mut target = Target::default();
         let result = self.put_segment_inner(request, &mut target).await;
+        let outcome = result
+            .as_ref()
+            .map(|r| (r.get_ref().size_bytes, r.get_ref().duplicate));
+        (self.node.metrics).ingested(&caller.listener, started, outcome.map_err(|s| s.code()));
         if let Ok(r) = &result {
             target.segment = r.get_ref().segment_id.clone();
             if r.get_ref().duplicate {

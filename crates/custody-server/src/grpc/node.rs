@@ -47,4 +47,30 @@ impl pb::node_service_server::NodeService for NodeApi {
             .collect();
         Ok(Response::new(pb::NodeStatus { listeners }))
     }
+
+    async fn get_cluster_status(
+        &self,
+        _request: Request<pb::GetClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let view = self.node.cluster_view().await?;
+        Ok(Response::new(pb::ClusterStatus {
+            node_id: view.node_id,
+            members: view
+                .members
+                .into_iter()
+                .map(|m| pb::ClusterMember {
+                    lag_batches: m.journal_head.saturating_sub(m.applied),
+                    node_id: m.node_id,
+                    advertise: m.advertise,
+                    alive: m.alive,
+                    heartbeat_age_ms: m.heartbeat_age_ms,
+                    duties: m.duties,
+                    journal_head: m.journal_head,
+                    applied: m.applied,
+                    version: m.version,
+                    started_at: m.started_at,
+                })
+                .collect(),
+        }))
+    }
 }

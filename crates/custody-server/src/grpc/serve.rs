@@ -53,7 +53,14 @@ impl Serving {
             .tls
             .as_ref()
             .map(|t| accept::server_config(&config.name, t))
-            .transpose()?;
+            .transpose()?
+            .map(|mut tls| {
+                // HTTP services are also for HTTP/1.1 clients (ffmpeg, players).
+                if config.services.iter().any(|s| s.has_http_routes()) {
+                    tls.alpn_protocols.push(b"http/1.1".to_vec());
+                }
+                tls
+            });
         let addr = config.addr.clone();
         let listener = TcpListener::bind(&addr).await.map_err(|e| {
             ServerError::FailedPrecondition(format!(
@@ -77,7 +84,7 @@ async fn routes(
     node: &Node,
     services: &[ServiceKind],
     status: &NodeApi,
-) -> Result<RoutesBuilder, ServerError> {
+) -> Result<tonic::service::Routes, ServerError> {
     let max = node.limits().max_message_bytes;
     let (reporter, health) = tonic_health::server::health_reporter();
     // Reflection describes only the services this listener serves: the
@@ -94,8 +101,10 @@ async fn routes(
     let mut routes = RoutesBuilder::default();
     let retention = RetentionApi::new(node.clone());
     for s in services {
-        reflection = reflection.with_service_name(s.grpc_name());
-        reflection_alpha = reflection_alpha.with_service_name(s.grpc_name());
+        if s.is_grpc() {
+            reflection = reflection.with_service_name(s.grpc_name());
+            reflection_alpha = reflection_alpha.with_service_name(s.grpc_name());
+        }
         match s {
             ServiceKind::Ingest => {
                 routes.add_service(
@@ -161,12 +170,22 @@ async fn routes(
                     .set_serving::<EvidenceServiceServer<EvidenceApi>>()
                     .await;
             }
+            // HTTP routes, added to the router below.
+            ServiceKind::Playback | ServiceKind::Metrics => {}
         }
     }
     let reflection_err = |e| ServerError::Internal(format!("reflection: {e}"));
     routes.add_service(health);
     routes.add_service(reflection.build_v1().map_err(reflection_err)?);
     routes.add_service(reflection_alpha.build_v1alpha().map_err(reflection_err)?);
+    let mut routes = routes.routes();
+    if services.contains(&ServiceKind::Playback) {
+        let router = routes.axum_router_mut();
+        *router = std::mem::take(router).merge(crate::playback::router(node.clone()));
+    }
+    if ServiceKind::serves_metrics(services) {
+        crate::metrics::add_route(&mut routes, node.clone());
+    }
     Ok(routes)
 }
 
@@ -203,6 +222,7 @@ pub async fn serve(
     );
     for b in bound {
         let routes = routes(&node, &b.config.services, &status).await?;
+        node.metrics.listener_started(&b.config);
         let gate = Arc::new(GateConfig {
             listener: b.config.name.clone(),
             services: b.config.services.clone(),
@@ -215,7 +235,10 @@ pub async fn serve(
         let mut stop = stop_rx.clone();
         info!(listener = b.config.name, addr = %b.local_addr, services = ?b.config.services, "serving gRPC");
         let name = b.config.name.clone();
+        // HTTP/1.1 (next to HTTP/2) only where HTTP services are served.
+        let http1 = b.config.services.iter().any(|s| s.has_http_routes());
         let router = tonic::transport::Server::builder()
+            .accept_http1(http1)
             .layer(tower_layer::layer_fn(move |inner| {
                 Gate::new(inner, gate.clone())
             }))
@@ -225,7 +248,7 @@ pub async fn serve(
             .initial_connection_window_size(CONNECTION_WINDOW)
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-            .add_routes(routes.routes());
+            .add_routes(routes);
         let stopped = async move {
             let _ = stop.wait_for(|s| *s).await;
         };

@@ -67,6 +67,20 @@ impl Node {
     /// deletion, so a hold placed meanwhile waits for the batch and is then
     /// seen by every later one.
     pub async fn sweep(&self, dry_run: bool) -> Result<SweepReport, ServerError> {
+        let as_of = self.clock.now().to_parts().0;
+        let result = self.sweep_once(dry_run).await;
+        if !dry_run {
+            let outcome = result
+                .as_ref()
+                .map(|r| (r.kept_by_hold, r.stopped_by_fence));
+            let now = self.clock.now().to_parts().0;
+            self.metrics.swept(as_of, outcome.map_err(|_| ()), now);
+        }
+        result
+    }
+
+    /// One sweep, as [`Node::sweep`] describes, without its metrics.
+    async fn sweep_once(&self, dry_run: bool) -> Result<SweepReport, ServerError> {
         self.refresh_retention().await?;
         let now = self.clock.now();
         let mut report = SweepReport::default();
@@ -144,12 +158,15 @@ impl Node {
             let ids: Vec<SegmentId> = deleted.iter().map(|d| d.segment_id).collect();
             let catalog = self.catalog.clone();
             // Still under the read lock of the hold view.
+            let journaled = ids.clone();
             blocking(move || Ok(catalog.delete_segments(&ids)?)).await?;
             drop(view);
+            self.announce_deleted(&journaled).await;
             if !deleted.is_empty() {
                 self.put_deletions(now, &deleted).await?;
                 info!(deleted = deleted.len(), "expired segments deleted");
             }
+            self.metrics.deleted(deleted.len());
             report.deleted.extend(deleted);
             if let Some(e) = failure {
                 return Err(e.into());

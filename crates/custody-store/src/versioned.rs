@@ -1,0 +1,137 @@
+//! Objects that are not records: replaced in place (heartbeats) or only if
+//! unchanged since they were read (leases), and listings that resume after a
+//! key (journals tailed by peers). Footage and sealed records never use
+//! these: they are create-only.
+
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt};
+use object_store::path::Path;
+use object_store::{PutMode, PutOptions, PutPayload, UpdateVersion};
+
+use crate::{ObjectInfo, Store, StoreError};
+
+impl Store {
+    /// Objects under `prefix` whose keys sort after `offset`. S3 lists in
+    /// key order from the offset (`start-after`); other backends may not
+    /// keep the order, so callers sort what they get.
+    pub fn list_after(
+        &self,
+        prefix: &Path,
+        offset: &Path,
+    ) -> BoxStream<'static, Result<ObjectInfo, StoreError>> {
+        let p = prefix.clone();
+        self.inner
+            .list_with_offset(Some(prefix), offset)
+            .map(move |r| {
+                r.map(ObjectInfo::from)
+                    .map_err(|e| StoreError::backend(&p, e))
+            })
+            .boxed()
+    }
+
+    /// Writes `key`, replacing whatever is there. Only for objects that are
+    /// state, not records (a node's heartbeat). Returns what the engine
+    /// stored, with its own modification time.
+    pub async fn put_replace(&self, key: &Path, bytes: Bytes) -> Result<ObjectInfo, StoreError> {
+        self.inner
+            .put(key, PutPayload::from(bytes))
+            .await
+            .map_err(|e| StoreError::backend(key, e))?;
+        self.head(key).await
+    }
+
+    /// Writes `key` only if the engine still holds `version` of it (S3
+    /// `If-Match`): the compare-and-swap a lease is renewed or taken over
+    /// with. A stale version fails with [`StoreError::Conflict`]. Returns
+    /// the new version.
+    pub async fn put_if_version(
+        &self,
+        key: &Path,
+        bytes: Bytes,
+        version: &str,
+    ) -> Result<String, StoreError> {
+        let opts = PutOptions {
+            mode: PutMode::Update(UpdateVersion {
+                e_tag: Some(version.to_string()),
+                version: None,
+            }),
+            ..Default::default()
+        };
+        let r = self
+            .inner
+            .put_opts(key, PutPayload::from(bytes), opts)
+            .await
+            .map_err(|e| match e {
+                object_store::Error::Precondition { .. } => StoreError::Conflict {
+                    key: key.to_string(),
+                },
+                e => StoreError::backend(key, e),
+            })?;
+        match r.e_tag {
+            Some(t) => Ok(t),
+            None => Ok(self.head(key).await?.version.unwrap_or_default()),
+        }
+    }
+
+    /// A whole object with its metadata (modification time and version).
+    pub async fn get_with_info(&self, key: &Path) -> Result<(Bytes, ObjectInfo), StoreError> {
+        let r = self
+            .inner
+            .get(key)
+            .await
+            .map_err(|e| StoreError::backend(key, e))?;
+        let info = ObjectInfo::from(r.meta.clone());
+        let bytes = r.bytes().await.map_err(|e| StoreError::backend(key, e))?;
+        Ok((bytes, info))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::TryStreamExt;
+
+    #[tokio::test]
+    async fn if_version_refuses_a_stale_version() {
+        let store = Store::memory();
+        let key = Path::from("cluster/leases/sweeper");
+        store
+            .put_create_only(&key, Bytes::from_static(b"a"))
+            .await
+            .unwrap();
+        let v1 = store.head(&key).await.unwrap().version.unwrap();
+        let v2 = store
+            .put_if_version(&key, Bytes::from_static(b"b"), &v1)
+            .await
+            .unwrap();
+        assert_ne!(v1, v2);
+        let stale = store
+            .put_if_version(&key, Bytes::from_static(b"c"), &v1)
+            .await;
+        assert!(
+            matches!(stale, Err(StoreError::Conflict { .. })),
+            "{stale:?}"
+        );
+        assert_eq!(store.get(&key).await.unwrap(), Bytes::from_static(b"b"));
+    }
+
+    #[tokio::test]
+    async fn list_after_skips_what_was_seen() {
+        let store = Store::memory();
+        for i in 0..5u32 {
+            let key = Path::from(format!("j/n1/{i:020}"));
+            store.put_create_only(&key, Bytes::new()).await.unwrap();
+        }
+        let mut after: Vec<String> = store
+            .list_after(&Path::from("j/n1"), &Path::from(format!("j/n1/{:020}", 2)))
+            .map_ok(|o| o.key.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        after.sort();
+        assert_eq!(
+            after,
+            vec![format!("j/n1/{:020}", 3), format!("j/n1/{:020}", 4)]
+        );
+    }
+}
