@@ -22,21 +22,33 @@ use crate::seaweed::Seaweed;
 use crate::testkit::{chunk, finish, header, secs, Server};
 
 /// One test cluster's files: a shared key file and one config per node.
-struct Nodes {
-    sw: Seaweed,
-    dir: tempfile::TempDir,
+pub(crate) struct Nodes {
+    pub(crate) sw: Seaweed,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Nodes {
+    pub(crate) async fn new() -> Nodes {
+        Nodes {
+            sw: Seaweed::start().await,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
     fn config(&self, node: &str) -> PathBuf {
+        self.config_with(node, "[retention]\nsweeper_enabled = false\n")
+    }
+
+    /// A node's config with `retention` as its `[retention]` section.
+    pub(crate) fn config_with(&self, node: &str, retention: &str) -> PathBuf {
         let path = self.dir.path().join(format!("{node}.toml"));
         let keys = self.dir.path().join("keyring.toml");
         std::fs::write(
             &path,
             format!(
-                "{}[keys]\nkey_file = \"{}\"\n[retention]\nsweeper_enabled = false\n\
+                "{}[keys]\nkey_file = \"{}\"\n{retention}\
                  [cluster]\nnode_id = \"{node}\"\nheartbeat_interval_ms = 500\n\
-                 member_timeout_ms = 3000\njournal_poll_ms = 100\n",
+                 member_timeout_ms = 3000\njournal_poll_ms = 100\nlease_ms = 3000\n",
                 self.sw.store_toml("city"),
                 keys.display()
             ),
@@ -51,6 +63,14 @@ impl Nodes {
 
     fn start(&self, node: &str) -> Server {
         Server::start(&self.data_dir(node), Some(&self.config(node)))
+    }
+
+    /// Starts `node` with `retention` as its `[retention]` section.
+    pub(crate) fn start_with(&self, node: &str, retention: &str) -> Server {
+        Server::start(
+            &self.data_dir(node),
+            Some(&self.config_with(node, retention)),
+        )
     }
 }
 
@@ -76,14 +96,28 @@ async fn put(
     start: Timestamp,
     data: &[u8],
 ) -> Result<pb::PutSegmentResponse, tonic::Status> {
-    let mut client = IngestServiceClient::connect(addr.to_string())
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let mut msgs = vec![header(
+    put_range(
+        addr,
         camera,
         start,
         start.saturating_add_nanos(6_000_000_000),
-    )];
+        data,
+    )
+    .await
+}
+
+/// Uploads `data` as `camera`'s segment over `[start, end)` through `addr`.
+pub(crate) async fn put_range(
+    addr: &str,
+    camera: &str,
+    start: Timestamp,
+    end: Timestamp,
+    data: &[u8],
+) -> Result<pb::PutSegmentResponse, tonic::Status> {
+    let mut client = IngestServiceClient::connect(addr.to_string())
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut msgs = vec![header(camera, start, end)];
     msgs.extend(data.chunks(64_000).map(chunk));
     msgs.push(finish(Some(Sha256::digest(data).into())));
     client
@@ -125,7 +159,7 @@ async fn listed(addr: &str, camera: &str) -> BTreeMap<String, String> {
     }
 }
 
-async fn read(addr: &str, id: &str) -> Result<Vec<u8>, tonic::Status> {
+pub(crate) async fn read(addr: &str, id: &str) -> Result<Vec<u8>, tonic::Status> {
     let mut client = ArchiveServiceClient::connect(addr.to_string())
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?
@@ -201,7 +235,7 @@ async fn check_readable(addr: &str, acked: &BTreeMap<String, Acked>) {
     }
 }
 
-async fn cluster_status(addr: &str) -> pb::ClusterStatus {
+pub(crate) async fn cluster_status(addr: &str) -> pb::ClusterStatus {
     NodeServiceClient::connect(addr.to_string())
         .await
         .unwrap()
@@ -252,10 +286,7 @@ async fn camera_loop(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_on_one_bucket_survive_a_kill_and_rebuild() {
-    let nodes = Nodes {
-        sw: Seaweed::start().await,
-        dir: tempfile::tempdir().unwrap(),
-    };
+    let nodes = Nodes::new().await;
     // The first node creates the shared key file; the others load it.
     let n1 = nodes.start("n1");
     let mut n2 = nodes.start("n2");

@@ -9,6 +9,7 @@ mod audit;
 mod authz;
 mod cli;
 mod cluster;
+mod cluster_retention;
 mod compliance;
 mod crash;
 mod evidence;

@@ -67,6 +67,11 @@ pub struct AuditRecord {
     pub reason: String,
     /// Anything else worth keeping: time range, policy scope, sizes.
     pub detail: String,
+    /// The cluster node that wrote the record; empty for a node without a
+    /// cluster (and then left out of the encoding, so chains written
+    /// before the field existed verify unchanged).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
 }
 
 impl AuditRecord {

@@ -503,6 +503,7 @@ mod tests {
             outcome: Outcome::Ok,
             reason: String::new(),
             detail: String::new(),
+            node: String::new(),
         }
     }
 

@@ -304,6 +304,7 @@ pub fn record_json(r: &pb::AuditRecord) -> Value {
         "digest": r.digest,
         "prev": r.prev_digest,
         "object": r.object,
+        "node": r.node,
     })
 }
 
@@ -319,7 +320,11 @@ pub fn record_line(r: &pb::AuditRecord) -> String {
         "{:>6}  {}  {:<20} {:<10} {:<22} {:<8} {}{}{}",
         r.seq,
         ts_str(&r.at),
-        r.principal,
+        if r.node.is_empty() {
+            r.principal.clone()
+        } else {
+            format!("{}@{}", r.principal, r.node)
+        },
         r.listener,
         r.action,
         r.outcome,

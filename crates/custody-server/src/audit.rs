@@ -144,6 +144,7 @@ impl AuditLog {
         keyring: Arc<Keyring>,
         clock: Arc<dyn Clock>,
         config: AuditConfig,
+        node: String,
     ) -> Result<(AuditLog, Resumed), ServerError> {
         if config.max_batch_records == 0 || config.queue_capacity == 0 {
             return Err(ServerError::FailedPrecondition(
@@ -154,6 +155,7 @@ impl AuditLog {
             store,
             keyring,
             clock,
+            node,
             next_seq: 1,
             prev: GENESIS,
             config: config.clone(),
@@ -222,6 +224,8 @@ struct Writer {
     store: Store,
     keyring: Arc<Keyring>,
     clock: Arc<dyn Clock>,
+    /// The cluster node id written into every record ("" alone).
+    node: String,
     next_seq: u64,
     prev: Digest,
     config: AuditConfig,
@@ -399,6 +403,7 @@ impl Writer {
                         outcome: e.outcome,
                         reason: e.reason.clone(),
                         detail: e.detail.clone(),
+                        node: self.node.clone(),
                     };
                     prev = r.digest();
                     r
@@ -644,6 +649,7 @@ mod tests {
             keyring.clone(),
             clock.clone(),
             config.clone(),
+            String::new(),
         )
         .await
         .unwrap();
@@ -665,9 +671,10 @@ mod tests {
         assert_eq!(recs.len(), 6);
         assert_eq!(recs[0].1, batch_key(1, 5));
         // A second writer (a restart without the catalog) continues the chain.
-        let (log2, resumed) = AuditLog::start(store.clone(), keyring.clone(), clock, config)
-            .await
-            .unwrap();
+        let (log2, resumed) =
+            AuditLog::start(store.clone(), keyring.clone(), clock, config, "n1".into())
+                .await
+                .unwrap();
         assert_eq!(resumed.head.map(|h| h.seq), Some(6));
         assert_eq!(
             log2.record_durable(vec![AuditEvent::node("node.start")])

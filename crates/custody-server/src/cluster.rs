@@ -13,7 +13,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use custody_catalog::{Catalog, SegmentRecord};
 use custody_cluster::{
-    Batch, ClusterConfig, ClusterError, Heartbeat, Journal, Member as Peer, Membership, NodeName,
+    Batch, ClusterConfig, ClusterError, Heartbeat, Journal, Lease, LeaseGrant, Member as Peer,
+    Membership, NodeName,
 };
 use custody_core::SegmentId;
 use custody_crypto::Keyring;
@@ -32,6 +33,20 @@ const JOURNAL_KIND: &str = "journal-v1";
 const BATCHES_PER_STEP: usize = 64;
 /// Compact this node's journal every this many heartbeats.
 const COMPACT_EVERY_BEATS: u64 = 300;
+/// The duty of deleting expired footage, held by one node at a time.
+pub(crate) const SWEEPER: &str = "sweeper";
+/// What the sweeper publishes after each read of the holds.
+const FENCE_KEY: &str = "cluster/fence/sweeper";
+
+/// The sweeper's statement that its view of the holds includes every hold
+/// written before `view_started` (the store's time, taken before the read
+/// began).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FenceMark {
+    holder: String,
+    epoch: u64,
+    view_started: DateTime<Utc>,
+}
 
 /// One journaled fact. Versioned: new facts get new variants, never new
 /// meanings for old ones.
@@ -88,6 +103,26 @@ pub(crate) trait ClusterLink: Send + Sync {
     fn catch_up(&self) -> BoxFuture<'_, Result<(), ServerError>>;
     /// Members, duties and lag.
     fn view(&self) -> BoxFuture<'_, Result<ClusterView, ServerError>>;
+    /// Whether this node may delete expired footage now: always alone; in
+    /// a cluster only while it holds a valid grant of the sweeper lease.
+    /// Checked before every deletion.
+    fn may_sweep(&self) -> bool;
+    /// The store's time now (taken by writing a small object), for a
+    /// sweeper about to read the holds; `None` alone.
+    fn store_now(&self) -> BoxFuture<'_, Result<Option<DateTime<Utc>>, ServerError>>;
+    /// The sweeper publishes that its view includes every hold written
+    /// before `view_started` (no-op alone).
+    fn confirm_fence(&self, view_started: DateTime<Utc>) -> BoxFuture<'_, Result<(), ServerError>>;
+    /// Waits until no sweeper anywhere can delete what a hold written at
+    /// `written` (store time) covers: the sweeper confirmed a view that
+    /// includes it, or there is no live sweeper, or `fence` passed.
+    /// Returns at once alone or on the sweeper itself (its local view is
+    /// updated before the hold is acknowledged).
+    fn await_hold_fence(
+        &self,
+        written: DateTime<Utc>,
+        fence: std::time::Duration,
+    ) -> BoxFuture<'_, Result<(), ServerError>>;
     /// Before the index is built from a listing of the bucket: marks every
     /// peer's journal as applied up to its current end, since whatever it
     /// journaled so far is in the bucket the listing reads (and what comes
@@ -120,6 +155,22 @@ impl ClusterLink for Solo {
     fn mark_heads(&self) -> BoxFuture<'_, Result<(), ServerError>> {
         async { Ok(()) }.boxed()
     }
+    fn may_sweep(&self) -> bool {
+        true
+    }
+    fn store_now(&self) -> BoxFuture<'_, Result<Option<DateTime<Utc>>, ServerError>> {
+        async { Ok(None) }.boxed()
+    }
+    fn confirm_fence(&self, _: DateTime<Utc>) -> BoxFuture<'_, Result<(), ServerError>> {
+        async { Ok(()) }.boxed()
+    }
+    fn await_hold_fence(
+        &self,
+        _: DateTime<Utc>,
+        _: std::time::Duration,
+    ) -> BoxFuture<'_, Result<(), ServerError>> {
+        async { Ok(()) }.boxed()
+    }
 }
 
 impl From<ClusterError> for ServerError {
@@ -142,6 +193,8 @@ struct MemberState {
     members: Vec<Peer>,
     /// Peers whose journal could not be applied (and why).
     stuck: BTreeMap<String, String>,
+    /// This node's grant of the sweeper lease, while it holds one.
+    grant: Option<LeaseGrant>,
 }
 
 /// A cluster member's link.
@@ -154,6 +207,11 @@ pub(crate) struct Member {
     keyring: Arc<Keyring>,
     journal: Journal,
     membership: Membership,
+    /// The sweeper lease (read by every member, taken only by those that
+    /// run a sweeper).
+    sweeper: Lease,
+    /// Whether this node runs a sweeper (`[retention] sweeper_enabled`).
+    sweeps: bool,
     started_at: String,
     state: Mutex<MemberState>,
     poll_lock: tokio::sync::Mutex<()>,
@@ -179,6 +237,10 @@ impl Member {
                     .into(),
             ));
         }
+        // Journals, leases and segments rely on create-only writes: an
+        // engine that ignores If-None-Match would let two nodes overwrite
+        // each other silently.
+        store.probe_conditional_writes().await?;
         let journal = Journal::open(store.clone(), me.clone()).await?;
         let positions = catalog.journal_positions()?;
         for (peer, after) in &positions {
@@ -199,6 +261,8 @@ impl Member {
         }
         let member = Arc::new(Member {
             membership: Membership::new(store.clone(), me.clone(), config.member_timeout()),
+            sweeper: Lease::new(store.clone(), SWEEPER, me.clone(), config.lease()),
+            sweeps: retention.config.sweeper_enabled,
             me,
             config: config.clone(),
             store,
@@ -212,6 +276,7 @@ impl Member {
                 engine_now: None,
                 members: Vec::new(),
                 stuck: BTreeMap::new(),
+                grant: None,
             }),
             poll_lock: tokio::sync::Mutex::new(()),
         });
@@ -268,7 +333,11 @@ impl Member {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 journal_head: 0,
                 applied: state.positions.clone(),
-                duties: Vec::new(),
+                duties: if state.grant.as_ref().is_some_and(LeaseGrant::is_valid) {
+                    vec![SWEEPER.to_string()]
+                } else {
+                    Vec::new()
+                },
             }
         };
         let hb = Heartbeat {
@@ -277,10 +346,51 @@ impl Member {
         };
         let now = self.membership.beat(&hb).await?;
         let members = self.membership.members(now).await?;
-        let mut state = self.state();
-        state.engine_now = Some(now);
-        state.members = members;
+        {
+            let mut state = self.state();
+            state.engine_now = Some(now);
+            state.members = members;
+        }
+        self.hold_sweeper_lease(now).await;
         Ok(())
+    }
+
+    /// Takes the sweeper lease when it is free or expired, renews it while
+    /// held; on any failure the grant simply runs out (the sweeper stops
+    /// before its next deletion).
+    async fn hold_sweeper_lease(&self, engine_now: DateTime<Utc>) {
+        if !self.sweeps {
+            return;
+        }
+        let lease = &self.sweeper;
+        let current = self.state().grant.clone();
+        match lease.acquire(current.as_ref(), engine_now).await {
+            Ok(Some(grant)) => {
+                if current.as_ref().map(|g| g.epoch) != Some(grant.epoch) {
+                    info!(node = %self.me, epoch = grant.epoch, "took the sweeper lease");
+                }
+                self.state().grant = Some(grant);
+            }
+            Ok(None) => {
+                if current.is_some() {
+                    warn!(node = %self.me, "lost the sweeper lease");
+                }
+                self.state().grant = None;
+            }
+            Err(e) => warn!(error = %e, "could not renew the sweeper lease; it runs out"),
+        }
+    }
+
+    async fn fence_mark(&self) -> Result<Option<FenceMark>, ServerError> {
+        match self
+            .store
+            .get(&custody_store::ObjectPath::from(FENCE_KEY))
+            .await
+        {
+            Ok(b) => Ok(serde_json::from_slice(&b).ok()),
+            Err(custody_store::StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn compact(&self) {
@@ -395,6 +505,34 @@ impl Member {
     }
 }
 
+impl Member {
+    /// Whether no sweeper can delete with a view that lacks a hold the
+    /// store wrote at `written`: nobody holds the lease (a future holder
+    /// reads the holds after taking it), the lease ran out by the store's
+    /// clock (its holder stopped before it did), or the holder confirmed a
+    /// view that began after the hold was written. Store times have
+    /// one-second resolution and are truncated, so "after" means a later
+    /// second.
+    async fn no_sweeper_can_miss(&self, written: DateTime<Utc>) -> Result<bool, ServerError> {
+        let Some((rec, lease_written)) = self.sweeper.read().await? else {
+            return Ok(true);
+        };
+        let engine_now = self.state().engine_now;
+        if let Some(now) = engine_now {
+            let age = (now - lease_written).to_std().unwrap_or_default();
+            if age > std::time::Duration::from_millis(rec.duration_ms) {
+                return Ok(true);
+            }
+        }
+        let Some(mark) = self.fence_mark().await? else {
+            return Ok(false);
+        };
+        Ok(mark.holder == rec.holder.as_str()
+            && mark.epoch == rec.epoch
+            && mark.view_started.timestamp() > written.timestamp())
+    }
+}
+
 impl ClusterLink for Member {
     fn journals(&self) -> bool {
         true
@@ -417,6 +555,71 @@ impl ClusterLink for Member {
 
     fn catch_up(&self) -> BoxFuture<'_, Result<(), ServerError>> {
         self.poll().boxed()
+    }
+
+    fn may_sweep(&self) -> bool {
+        self.state()
+            .grant
+            .as_ref()
+            .is_some_and(LeaseGrant::is_valid)
+    }
+
+    fn store_now(&self) -> BoxFuture<'_, Result<Option<DateTime<Utc>>, ServerError>> {
+        async move {
+            let key = custody_store::ObjectPath::from(format!("cluster/clock/{}", self.me));
+            let info = self.store.put_replace(&key, Bytes::new()).await?;
+            Ok(Some(info.last_modified))
+        }
+        .boxed()
+    }
+
+    fn confirm_fence(&self, view_started: DateTime<Utc>) -> BoxFuture<'_, Result<(), ServerError>> {
+        async move {
+            let Some(epoch) = self.state().grant.as_ref().map(|g| g.epoch) else {
+                return Ok(());
+            };
+            let mark = FenceMark {
+                holder: self.me.to_string(),
+                epoch,
+                view_started,
+            };
+            let bytes = serde_json::to_vec(&mark)
+                .map_err(|e| ServerError::Internal(format!("encoding the fence mark: {e}")))?;
+            self.store
+                .put_replace(
+                    &custody_store::ObjectPath::from(FENCE_KEY),
+                    Bytes::from(bytes),
+                )
+                .await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn await_hold_fence(
+        &self,
+        written: DateTime<Utc>,
+        fence: std::time::Duration,
+    ) -> BoxFuture<'_, Result<(), ServerError>> {
+        async move {
+            let deadline = tokio::time::Instant::now() + fence;
+            let poll = self.config.journal_poll();
+            loop {
+                if self.may_sweep() {
+                    // This node is the sweeper: its view has the hold.
+                    return Ok(());
+                }
+                if self.no_sweeper_can_miss(written).await? {
+                    return Ok(());
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    // F passed: every sweeper's view without the hold is stale.
+                    return Ok(());
+                }
+                tokio::time::sleep(poll).await;
+            }
+        }
+        .boxed()
     }
 
     fn mark_heads(&self) -> BoxFuture<'_, Result<(), ServerError>> {

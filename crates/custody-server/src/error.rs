@@ -51,6 +51,9 @@ impl From<StoreError> for ServerError {
             e @ StoreError::NotFound { .. } => ServerError::NotFound(e.to_string()),
             e @ StoreError::AlreadyExists { .. } => ServerError::AlreadyExists(e.to_string()),
             e @ StoreError::Conflict { .. } => ServerError::Aborted(e.to_string()),
+            e @ StoreError::NoConditionalWrites { .. } => {
+                ServerError::FailedPrecondition(e.to_string())
+            }
             other => ServerError::Unavailable(other.to_string()),
         }
     }

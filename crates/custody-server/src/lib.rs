@@ -25,8 +25,8 @@ mod rebuild;
 mod retention;
 
 pub use audit::{AuditEvent, AuditLog};
-pub use cluster::{ClusterView, MemberView};
 pub use caller::{Caller, CameraScope, Role};
+pub use cluster::{ClusterView, MemberView};
 pub use compliance::{
     AuditStatus, CameraCompliance, ComplianceReport, ScanProgress, Violation, ViolationKind,
     ViolationSegment,

@@ -238,6 +238,11 @@ impl Node {
             keyring.clone(),
             clock.clone(),
             config.audit.clone(),
+            config
+                .cluster
+                .as_ref()
+                .map(|c| c.node_id.clone())
+                .unwrap_or_default(),
         )
         .await?;
         let metrics = crate::metrics::Metrics::new(config, audit.stats(), clock.now().to_parts().0);

@@ -234,6 +234,7 @@ fn record_to(r: &AuditRecord, object: &str) -> pb::AuditRecord {
         reason: r.reason.clone(),
         detail: r.detail.clone(),
         object: object.to_string(),
+        node: r.node.clone(),
     }
 }
 

@@ -71,7 +71,7 @@ impl Node {
         if let HoldCameras::List(list) = &cameras {
             if !future_cameras {
                 for c in list {
-                    if !self.catalog.has_camera(c)? {
+                    if !self.knows_camera(c).await? {
                         return Err(ServerError::NotFound(format!(
                             "camera {c} has no footage in this archive; set future_cameras (custody hold create --future-cameras) to hold footage still to come"
                         )));
@@ -99,6 +99,19 @@ impl Node {
             let mut view = self.retention.holds.write().await;
             view.holds.insert(hold.id, hold.clone());
             view.reindex();
+        }
+        if self.cluster.journals() {
+            // Another node may be the sweeper: acknowledged only once no
+            // sweeper anywhere can delete what the hold covers.
+            let key = custody_store::ObjectPath::from(format!(
+                "{}/{}.rec",
+                super::records::HOLDS,
+                hold.id
+            ));
+            let written = self.store.head(&key).await?.last_modified;
+            self.cluster
+                .await_hold_fence(written, self.retention.config.hold_fence())
+                .await?;
         }
         info!(hold = %hold.id, case = hold.case_id, by = hold.placed_by, "hold placed");
         let node = self.clone();

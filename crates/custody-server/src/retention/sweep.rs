@@ -16,6 +16,8 @@ use crate::{Node, ServerError};
 const SWEEP_BATCH: usize = 512;
 /// Object deletions in flight at once.
 const DELETE_CONCURRENCY: usize = 16;
+/// How often a cluster's sweeper confirms a fresh view of the holds.
+const CONFIRM_EVERY: Duration = Duration::from_millis(250);
 
 /// One segment a sweep deleted (or would delete).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +83,13 @@ impl Node {
 
     /// One sweep, as [`Node::sweep`] describes, without its metrics.
     async fn sweep_once(&self, dry_run: bool) -> Result<SweepReport, ServerError> {
+        if !dry_run && !self.cluster.may_sweep() {
+            return Err(ServerError::FailedPrecondition(
+                "this node does not hold the cluster's sweeper lease: retention is enforced by the \
+                 node that does (see `custody cluster status`); a dry run works anywhere"
+                    .into(),
+            ));
+        }
         self.refresh_retention().await?;
         let now = self.clock.now();
         let mut report = SweepReport::default();
@@ -101,7 +110,7 @@ impl Node {
                 return Ok(report);
             }
             let view = self.retention.holds.read().await;
-            if !self.retention.fence.is_fresh() {
+            if !self.retention.fence.is_fresh() || !(dry_run || self.cluster.may_sweep()) {
                 report.stopped_by_fence = true;
                 return Ok(report);
             }
@@ -169,7 +178,7 @@ impl Node {
             self.metrics.deleted(deleted.len());
             report.deleted.extend(deleted);
             if let Some(e) = failure {
-                return Err(e.into());
+                return Err(e);
             }
         }
         Ok(report)
@@ -207,16 +216,22 @@ impl Node {
     }
 
     /// Deletes objects, `DELETE_CONCURRENCY` at a time, in order of `keys`.
-    async fn delete_objects(
-        &self,
-        keys: Vec<ObjectPath>,
-    ) -> Vec<Result<(), custody_store::StoreError>> {
-        let store = self.store.clone();
+    /// Each deletion first checks, again, that this node still holds the
+    /// sweeper lease and a fresh view of the holds: a sweeper paused (GC,
+    /// SIGSTOP) after its batch check wakes to a grant that ran out.
+    async fn delete_objects(&self, keys: Vec<ObjectPath>) -> Vec<Result<(), ServerError>> {
         let futs: Vec<_> = keys
             .into_iter()
-            .map(move |key| {
-                let store = store.clone();
-                async move { store.delete(&key).await }
+            .map(|key| {
+                let node = self.clone();
+                async move {
+                    if !node.cluster.may_sweep() || !node.retention.fence.is_fresh() {
+                        return Err(ServerError::FailedPrecondition(format!(
+                            "{key} not deleted: this node's sweeper lease or hold view ran out"
+                        )));
+                    }
+                    node.store.delete(&key).await.map_err(ServerError::from)
+                }
             })
             .collect();
         futures::stream::iter(futs)
@@ -232,11 +247,32 @@ impl Node {
         }
         let node = self.clone();
         let every = Duration::from_secs(self.retention.config.sweep_interval_secs.max(1));
+        // In a cluster the sweeper also confirms, four times a second, a fresh
+        // view of the holds, which is what lets a hold placed on another
+        // node be acknowledged without waiting the whole fence.
+        let tick_every = if self.cluster.journals() {
+            every.min(CONFIRM_EVERY)
+        } else {
+            every
+        };
         Some(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
+            let mut tick = tokio::time::interval(tick_every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_sweep: Option<tokio::time::Instant> = None;
             loop {
                 tick.tick().await;
+                if !node.cluster.may_sweep() {
+                    continue;
+                }
+                if node.cluster.journals() {
+                    if let Err(e) = node.confirm_holds().await {
+                        warn!(error = %e, "could not confirm a fresh view of the holds");
+                    }
+                }
+                if last_sweep.is_some_and(|t| t.elapsed() < every) {
+                    continue;
+                }
+                last_sweep = Some(tokio::time::Instant::now());
                 match node.sweep(false).await {
                     Ok(r) if !r.deleted.is_empty() || r.stopped_by_fence => {
                         info!(
@@ -253,6 +289,19 @@ impl Node {
                 }
             }
         }))
+    }
+}
+
+impl Node {
+    /// Reads the holds from the store, having first taken the store's time,
+    /// and publishes that the view includes every hold written before it.
+    async fn confirm_holds(&self) -> Result<(), ServerError> {
+        let started = self.cluster.store_now().await?;
+        self.refresh_retention().await?;
+        if let Some(t) = started {
+            self.cluster.confirm_fence(t).await?;
+        }
+        Ok(())
     }
 }
 
