@@ -461,3 +461,25 @@ async fn three_nodes_on_one_bucket_survive_a_kill_and_rebuild() {
     }
     check_readable(&restarted[2].addr, &acked).await;
 }
+
+/// The three-node example in `deploy/cluster/` parses, and its nodes differ
+/// only where they must.
+#[test]
+fn deploy_cluster_example_is_a_valid_three_node_cluster() {
+    let configs = [
+        include_str!("../../deploy/cluster/node1.toml"),
+        include_str!("../../deploy/cluster/node2.toml"),
+        include_str!("../../deploy/cluster/node3.toml"),
+    ];
+    let mut ids = BTreeSet::new();
+    let mut stores = BTreeSet::new();
+    for text in configs {
+        let config = custody_server::ServerConfig::from_toml(text).unwrap();
+        let cluster = config.cluster.as_ref().expect("a [cluster] section");
+        ids.insert(cluster.validate().unwrap().to_string());
+        stores.insert(format!("{:?}", config.store));
+        assert!(config.store.url.starts_with("s3://"));
+    }
+    assert_eq!(ids.len(), 3, "one node id each");
+    assert_eq!(stores.len(), 1, "one bucket");
+}
