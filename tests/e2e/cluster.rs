@@ -460,6 +460,28 @@ async fn three_nodes_on_one_bucket_survive_a_kill_and_rebuild() {
         wait_all_listed(&s.addr, &acked, Duration::from_secs(30)).await;
     }
     check_readable(&restarted[2].addr, &acked).await;
+
+    // One audit chain across every node, the SIGKILLed ones included.
+    let keys = nodes.dir.path().join("keyring.toml");
+    let out = crate::testkit::custody_offline(&[
+        "audit",
+        "verify",
+        "--store",
+        &format!("s3://{}/city", nodes.sw.bucket),
+        "--key-file",
+        keys.to_str().unwrap(),
+        "--s3-endpoint",
+        &nodes.sw.endpoint,
+        "--s3-region",
+        crate::seaweed::REGION,
+        "--s3-allow-http",
+    ]);
+    assert!(
+        out.status.success(),
+        "audit verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The three-node example in `deploy/cluster/` parses, and its nodes differ

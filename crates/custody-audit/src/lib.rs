@@ -13,7 +13,15 @@
 //! ```text
 //! audit/{first:020}-{last:020}.rec    one sealed "audit-record" per record, concatenated
 //! audit/heads/{seq:020}.head           sealed "audit-head": {"seq", "digest", "at", "object", "keys", "active_key"}
+//! audit/claims/{first:020}.claim       sealed "audit-claim": the batch key its writer is about to write
 //! ```
+//!
+//! Several writers (the nodes of a cluster) share one chain: before writing
+//! a batch a writer takes the claim on its first sequence number,
+//! create-only, so two writers cannot both append after the same record
+//! with batches of different lengths; the loser re-reads the tail and
+//! renumbers. A claim whose batch never appears (its writer died) is filled
+//! with `audit.void` records by the next writer, so the chain has no hole.
 //!
 //! Every record and head is sealed on its own with `custody-crypto`'s record
 //! sealing (GMAC under a key derived from the active KEK), so an edit is
@@ -36,8 +44,9 @@ mod record;
 mod verify;
 
 pub use object::{
-    batch_key, head_key, open_batch, open_head, parse_key, seal_batch, seal_head, Head, ObjectName,
-    OpenedBatch, AUDIT_PREFIX, HEADS_PREFIX, HEAD_KIND, RECORD_KIND,
+    batch_key, claim_key, head_key, open_batch, open_claim, open_head, parse_key, seal_batch,
+    seal_claim, seal_head, Head, ObjectName, OpenedBatch, AUDIT_PREFIX, CLAIMS_PREFIX, CLAIM_KIND,
+    HEADS_PREFIX, HEAD_KIND, RECORD_KIND,
 };
 pub use record::{AuditRecord, Digest, Outcome, GENESIS};
 pub use verify::{verify, Problem, ProblemKind, TrustedHead, VerifyReport};

@@ -15,6 +15,16 @@ pub const HEADS_PREFIX: &str = "audit/heads";
 pub const RECORD_KIND: &str = "audit-record";
 /// Record kind of a sealed head.
 pub const HEAD_KIND: &str = "audit-head";
+/// Prefix of the claims several writers (cluster nodes) take on a batch's
+/// first sequence number before writing it.
+pub const CLAIMS_PREFIX: &str = "audit/claims";
+/// Record kind of a sealed claim.
+pub const CLAIM_KIND: &str = "audit-claim";
+
+/// The key of the claim on sequence number `first`.
+pub fn claim_key(first: u64) -> String {
+    format!("{CLAIMS_PREFIX}/{first:020}.claim")
+}
 
 /// The key of the batch holding records `first..=last`.
 pub fn batch_key(first: u64, last: u64) -> String {
@@ -41,6 +51,11 @@ pub enum ObjectName {
         /// Sequence number the head names.
         seq: u64,
     },
+    /// A writer's claim on the batch starting at `first`.
+    Claim {
+        /// First sequence number of the claimed batch.
+        first: u64,
+    },
 }
 
 /// Parses a key written by [`batch_key`] or [`head_key`]; `None` otherwise.
@@ -53,11 +68,29 @@ pub fn parse_key(key: &str) -> Option<ObjectName> {
         let seq = seq.parse().ok()?;
         return (head_key(seq) == key).then_some(ObjectName::Head { seq });
     }
+    if let Some(name) = key
+        .strip_prefix(CLAIMS_PREFIX)
+        .and_then(|r| r.strip_prefix('/'))
+    {
+        let first = name.strip_suffix(".claim")?.parse().ok()?;
+        return (claim_key(first) == key).then_some(ObjectName::Claim { first });
+    }
     let name = key.strip_prefix(AUDIT_PREFIX)?.strip_prefix('/')?;
     let (first, last) = name.strip_suffix(".rec")?.split_once('-')?;
     let (first, last) = (first.parse().ok()?, last.parse().ok()?);
     (batch_key(first, last) == key && first <= last && first > 0)
         .then_some(ObjectName::Batch { first, last })
+}
+
+/// Seals a claim: the key of the batch its writer is about to write.
+pub fn seal_claim(kek: &Kek, batch_key: &str) -> Result<Vec<u8>, AuditError> {
+    Ok(seal_record(kek, CLAIM_KIND, batch_key.as_bytes())?)
+}
+
+/// Opens a claim; returns the batch key it names.
+pub fn open_claim(keyring: &Keyring, bytes: &[u8]) -> Result<String, AuditError> {
+    let payload = open_record(keyring, CLAIM_KIND, bytes)?;
+    String::from_utf8(payload).map_err(|_| AuditError::Payload("claim is not UTF-8".into()))
 }
 
 /// Seals each record on its own (so an edit is pinned to one record) and

@@ -19,6 +19,12 @@
 //!   catalog. The create-only write is a compare-and-swap on the sequence
 //!   number: when another writer took it, the writer re-reads the tail and
 //!   renumbers.
+//! - **Several writers** (cluster nodes): each batch is preceded by a
+//!   create-only claim on its first sequence number (`audit/claims/`), so
+//!   writers cannot fork the chain with batches of different lengths; a
+//!   claim left without its batch for [`VOID_AFTER`] (its writer died) is
+//!   filled with `audit.void` records by the next writer. Every record names
+//!   the node that wrote it.
 //! - **Key operations** are seen at start: the last head records the
 //!   keyring's ids and active key; differences become `key.*` records.
 
@@ -27,15 +33,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use custody_audit::{
-    batch_key, head_key, open_batch, open_head, parse_key, seal_batch, seal_head, AuditError,
-    AuditRecord, Digest, Head, ObjectName, Outcome, AUDIT_PREFIX, GENESIS,
+    batch_key, claim_key, head_key, open_batch, open_claim, open_head, parse_key, seal_batch,
+    seal_claim, seal_head, AuditError, AuditRecord, Digest, Head, ObjectName, Outcome,
+    AUDIT_PREFIX, GENESIS,
 };
 use custody_core::Clock;
 use custody_crypto::Keyring;
 use custody_store::{ObjectPath, Store, StoreError};
 use futures::TryStreamExt;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::metrics::AuditStats;
 use crate::{AuditConfig, Caller, Node, ServerError};
@@ -109,7 +116,7 @@ pub(crate) enum AuditWriteError {
     #[error(transparent)]
     Resume(Arc<ServerError>),
     /// Other writers took the sequence number on every attempt.
-    #[error("audit sequence contended three times")]
+    #[error("audit sequence contended {MAX_ATTEMPTS} times")]
     Contended,
 }
 
@@ -152,6 +159,7 @@ impl AuditLog {
             ));
         }
         let mut w = Writer {
+            dangling: std::collections::HashMap::new(),
             store,
             keyring,
             clock,
@@ -220,7 +228,28 @@ impl AuditLog {
     }
 }
 
+/// Attempts at writing one batch before giving up (each after re-reading
+/// the chain's tail).
+const MAX_ATTEMPTS: usize = 20;
+/// How long a claim may stay without its batch, as this writer observes it,
+/// before it is voided (its writer died between claim and batch).
+pub(crate) const VOID_AFTER: Duration = Duration::from_secs(10);
+/// Pause before re-reading a tail that another writer is still writing.
+const CLAIM_WAIT: Duration = Duration::from_millis(100);
+
+/// What one look at the next claim found.
+enum Settled {
+    /// No claim on the next sequence number: write.
+    Ready,
+    /// The tail moved on (a claimed batch appeared, or was voided).
+    Advanced,
+    /// A claimed batch is still being written.
+    Wait,
+}
+
 struct Writer {
+    /// Claims seen without their batch, and when this writer first saw them.
+    dangling: std::collections::HashMap<u64, std::time::Instant>,
     store: Store,
     keyring: Arc<Keyring>,
     clock: Arc<dyn Clock>,
@@ -383,7 +412,10 @@ impl Writer {
 
     /// Writes `events` as the next batch; returns the last sequence number.
     async fn write(&mut self, events: &[AuditEvent]) -> Result<u64, AuditWriteError> {
-        for _attempt in 0..3 {
+        for _attempt in 0..MAX_ATTEMPTS {
+            if !self.node.is_empty() {
+                self.settle_tail().await?;
+            }
             let at = self.clock.now().to_string();
             let mut prev = self.prev;
             let records: Vec<AuditRecord> = events
@@ -415,6 +447,32 @@ impl Writer {
             let sealed = seal_batch(self.keyring.active(), &records)
                 .map_err(|e| AuditWriteError::Seal(Arc::new(e)))?;
             let path = ObjectPath::from(key.as_str());
+            if !self.node.is_empty() {
+                let claim = seal_claim(self.keyring.active(), &key)
+                    .map_err(|e| AuditWriteError::Seal(Arc::new(e)))?;
+                let claim_path = ObjectPath::from(claim_key(first).as_str());
+                match self
+                    .store
+                    .put_create_only(&claim_path, Bytes::from(claim))
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(StoreError::AlreadyExists { .. }) => {
+                        debug!(
+                            first,
+                            "audit sequence claimed by another writer; renumbering"
+                        );
+                        self.resume()
+                            .await
+                            .map_err(|e| AuditWriteError::Resume(Arc::new(e)))?;
+                        continue;
+                    }
+                    Err(e) => {
+                        crate::metrics::store_error(&e);
+                        return Err(AuditWriteError::Store(Arc::new(e)));
+                    }
+                }
+            }
             match self.store.put_create_only(&path, Bytes::from(sealed)).await {
                 Ok(()) => {}
                 Err(StoreError::AlreadyExists { .. }) => {
@@ -447,6 +505,106 @@ impl Writer {
             return Ok(last);
         }
         Err(AuditWriteError::Contended)
+    }
+
+    /// Several writers: waits until no other writer is between its claim on
+    /// the next sequence number and its batch (voiding the claim of one that
+    /// died), so the tail this writer continues from is final.
+    async fn settle_tail(&mut self) -> Result<(), AuditWriteError> {
+        let deadline = std::time::Instant::now() + 2 * VOID_AFTER;
+        loop {
+            match self.settle_claims().await? {
+                Settled::Ready => return Ok(()),
+                Settled::Advanced => {}
+                Settled::Wait => tokio::time::sleep(CLAIM_WAIT).await,
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(AuditWriteError::Contended);
+            }
+        }
+    }
+
+    /// Several writers: one step of [`Writer::settle_tail`]. Returns `false` when another writer claimed the next batch
+    /// and has not written it yet (wait and call again); a claim left
+    /// without its batch for [`VOID_AFTER`] is filled with `audit.void`
+    /// records first.
+    async fn settle_claims(&mut self) -> Result<Settled, AuditWriteError> {
+        let resume_err = |e: ServerError| AuditWriteError::Resume(Arc::new(e));
+        let store_err = |e: StoreError| AuditWriteError::Store(Arc::new(e));
+        let claim_path = ObjectPath::from(claim_key(self.next_seq).as_str());
+        let claim = match self.store.get(&claim_path).await {
+            Ok(c) => c,
+            Err(StoreError::NotFound { .. }) => return Ok(Settled::Ready),
+            Err(e) => return Err(store_err(e)),
+        };
+        // Someone claimed the next batch: is it written yet?
+        let batch =
+            open_claim(&self.keyring, &claim).map_err(|e| AuditWriteError::Seal(Arc::new(e)))?;
+        let Some(ObjectName::Batch { first, last }) = parse_key(&batch) else {
+            return Err(AuditWriteError::Seal(Arc::new(AuditError::Payload(
+                format!("claim {claim_path} names {batch}, not a batch"),
+            ))));
+        };
+        match self.store.head(&ObjectPath::from(batch.as_str())).await {
+            Ok(_) => {
+                self.dangling.remove(&first);
+                self.resume().await.map_err(resume_err)?;
+                return Ok(Settled::Advanced);
+            }
+            Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(store_err(e)),
+        }
+        let seen = *self
+            .dangling
+            .entry(first)
+            .or_insert_with(std::time::Instant::now);
+        if seen.elapsed() < VOID_AFTER {
+            return Ok(Settled::Wait);
+        }
+        // Its writer died between claim and batch: fill the claimed numbers
+        // so the chain has no hole, then continue after them.
+        let at = self.clock.now().to_string();
+        let mut prev = self.prev;
+        let records: Vec<AuditRecord> = (first..=last)
+            .map(|seq| {
+                let r = AuditRecord {
+                    seq,
+                    prev: hex::encode(prev),
+                    at: at.clone(),
+                    principal: crate::audit::NODE_PRINCIPAL.to_string(),
+                    listener: "node".into(),
+                    action: "audit.void".into(),
+                    cameras: Vec::new(),
+                    segment: String::new(),
+                    hold: String::new(),
+                    outcome: custody_audit::Outcome::Failed,
+                    reason: format!(
+                        "claimed in {claim_path} and never written (its writer stopped)"
+                    ),
+                    detail: String::new(),
+                    node: self.node.clone(),
+                };
+                prev = r.digest();
+                r
+            })
+            .collect();
+        let sealed = seal_batch(self.keyring.active(), &records)
+            .map_err(|e| AuditWriteError::Seal(Arc::new(e)))?;
+        match self
+            .store
+            .put_create_only(&ObjectPath::from(batch.as_str()), Bytes::from(sealed))
+            .await
+        {
+            Ok(()) => {
+                warn!(first, last, claim = %claim_path, "voided an audit claim whose writer never wrote its batch")
+            }
+            // The claimer wrote it after all.
+            Err(StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(store_err(e)),
+        }
+        self.dangling.remove(&first);
+        self.resume().await.map_err(resume_err)?;
+        Ok(Settled::Advanced)
     }
 
     /// Writes the checkpoint after a batch; a failure is logged, not fatal
