@@ -4,7 +4,7 @@
 //! these: they are create-only.
 
 use bytes::Bytes;
-use futures::stream::{BoxStream, StreamExt};
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{PutMode, PutOptions, PutPayload, UpdateVersion};
 
@@ -73,6 +73,28 @@ impl Store {
         }
     }
 
+    /// Deletes what large remote writes staged (parts uploaded, then copied
+    /// into place) and left behind because their writer died, if the store
+    /// wrote it before `cutoff` (the store's clock). Returns how many went.
+    /// Uploads still in progress are younger than any sane cutoff; parts of
+    /// multipart uploads never completed are not objects and are not seen
+    /// here (an S3 lifecycle rule `AbortIncompleteMultipartUpload` ends them).
+    pub async fn remove_stale_staging(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+    ) -> Result<usize, StoreError> {
+        let prefix = Path::from(crate::store::STAGING_PREFIX);
+        let stale: Vec<Path> = self
+            .list(&prefix)
+            .try_filter_map(|o| async move { Ok((o.last_modified < cutoff).then_some(o.key)) })
+            .try_collect()
+            .await?;
+        for key in &stale {
+            self.delete(key).await?;
+        }
+        Ok(stale.len())
+    }
+
     /// A whole object with its metadata (modification time and version).
     pub async fn get_with_info(&self, key: &Path) -> Result<(Bytes, ObjectInfo), StoreError> {
         let r = self
@@ -89,7 +111,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures::TryStreamExt;
 
     #[tokio::test]
     async fn if_version_refuses_a_stale_version() {
@@ -113,6 +134,37 @@ mod tests {
             "{stale:?}"
         );
         assert_eq!(store.get(&key).await.unwrap(), Bytes::from_static(b"b"));
+    }
+
+    #[tokio::test]
+    async fn stale_staging_goes_and_fresh_staging_stays() {
+        let store = Store::memory();
+        let staged = Path::from("staging/left-behind");
+        let segment = Path::from("segments/cam/main/x.cseg");
+        for k in [&staged, &segment] {
+            store.put_create_only(k, Bytes::from_static(b"x")).await.unwrap();
+        }
+        let written = store.head(&staged).await.unwrap().last_modified;
+        // A cutoff before it was written: it may still be in use.
+        assert_eq!(
+            store
+                .remove_stale_staging(written - chrono::Duration::seconds(1))
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            store
+                .remove_stale_staging(written + chrono::Duration::seconds(1))
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(matches!(
+            store.head(&staged).await,
+            Err(StoreError::NotFound { .. })
+        ));
+        store.head(&segment).await.expect("segments are never touched");
     }
 
     #[tokio::test]

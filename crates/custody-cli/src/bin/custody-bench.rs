@@ -7,12 +7,15 @@
 //!   callers) over a catalog of millions of segments;
 //! - `playback`: HLS segment GETs next to ReadSegment (first byte of a 6 s
 //!   segment, MB/s of a large one) and custodyd's RSS with 50 players;
+//! - `cluster`: the city scenario, cameras through three custodyd nodes on
+//!   a SeaweedFS bucket with one node SIGKILLed (ack latency, listing lag,
+//!   failover gap, every acknowledged segment checked on the survivors);
 //! - `report`: compliance report speed over a large catalogued store (segments/s
 //!   in header mode, MB/s in deep mode) next to raw reads of the same files on
 //!   the same disk.
 //!
 //! `source scripts/env.sh && cargo build --workspace --all-targets &&
-//! $CUSTODY_BIN_DIR/custody-bench [ingest|query|sweep|report|playback] [--help]`
+//! $CUSTODY_BIN_DIR/custody-bench [ingest|query|sweep|report|playback|cluster] [--help]`
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -25,6 +28,8 @@ use custody_core::{TimeRange, Timestamp};
 use custody_server::{grpc, Node, ServerConfig};
 use rand::RngCore;
 
+#[path = "custody-bench/cluster.rs"]
+mod cluster;
 #[path = "custody-bench/playback.rs"]
 mod playback;
 
@@ -46,6 +51,8 @@ enum Bench {
     Query(QueryArgs),
     /// HLS playback vs ReadSegment: first byte, MB/s, RSS with many players.
     Playback(playback::PlaybackArgs),
+    /// City scenario: cameras through a 3-node cluster on SeaweedFS, one node killed.
+    Cluster(cluster::ClusterArgs),
     /// The uploading side of one ingest scenario, in its own process
     /// (started by `ingest`; prints its results for it).
     #[command(hide = true)]
@@ -405,6 +412,7 @@ async fn main() -> Result<()> {
         Some(Bench::Ingest(a)) => ingest_bench(a).await,
         Some(Bench::Query(a)) => query_bench(a).await,
         Some(Bench::Playback(a)) => playback::playback_bench(a).await,
+        Some(Bench::Cluster(a)) => cluster::cluster_bench(a).await,
         Some(Bench::IngestClient(a)) => ingest_client(a).await,
         None => ingest_bench(Args::parse_from(["ingest"])).await,
     }

@@ -16,6 +16,10 @@ use crate::{Node, ServerError};
 const SWEEP_BATCH: usize = 512;
 /// Object deletions in flight at once.
 const DELETE_CONCURRENCY: usize = 16;
+/// Staged parts of a large write older than this belong to a writer that
+/// died (an upload lasts at most `upload_idle_timeout_secs` between
+/// messages, and far less than this in all).
+const STALE_STAGING: Duration = Duration::from_secs(3600);
 /// How often a cluster's sweeper confirms a fresh view of the holds.
 const CONFIRM_EVERY: Duration = Duration::from_millis(250);
 
@@ -273,6 +277,7 @@ impl Node {
                     continue;
                 }
                 last_sweep = Some(tokio::time::Instant::now());
+                node.remove_stale_staging().await;
                 match node.sweep(false).await {
                     Ok(r) if !r.deleted.is_empty() || r.stopped_by_fence => {
                         info!(
@@ -293,6 +298,21 @@ impl Node {
 }
 
 impl Node {
+    /// Deletes staged parts of large writes whose writer died (any node's):
+    /// those the store wrote more than [`STALE_STAGING`] ago.
+    async fn remove_stale_staging(&self) {
+        let now = match self.cluster.store_now().await {
+            Ok(Some(t)) => t,
+            _ => chrono::Utc::now(),
+        };
+        let cutoff = now - chrono::Duration::from_std(STALE_STAGING).unwrap_or_default();
+        match self.store.remove_stale_staging(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => info!(objects = n, "removed staged parts of uploads whose writer died"),
+            Err(e) => warn!(error = %e, "could not clean staged parts"),
+        }
+    }
+
     /// Reads the holds from the store, having first taken the store's time,
     /// and publishes that the view includes every hold written before it.
     async fn confirm_holds(&self) -> Result<(), ServerError> {
