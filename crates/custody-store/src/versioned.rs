@@ -142,7 +142,10 @@ mod tests {
         let staged = Path::from("staging/left-behind");
         let segment = Path::from("segments/cam/main/x.cseg");
         for k in [&staged, &segment] {
-            store.put_create_only(k, Bytes::from_static(b"x")).await.unwrap();
+            store
+                .put_create_only(k, Bytes::from_static(b"x"))
+                .await
+                .unwrap();
         }
         let written = store.head(&staged).await.unwrap().last_modified;
         // A cutoff before it was written: it may still be in use.
@@ -164,7 +167,10 @@ mod tests {
             store.head(&staged).await,
             Err(StoreError::NotFound { .. })
         ));
-        store.head(&segment).await.expect("segments are never touched");
+        store
+            .head(&segment)
+            .await
+            .expect("segments are never touched");
     }
 
     #[tokio::test]

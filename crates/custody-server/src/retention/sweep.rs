@@ -308,7 +308,10 @@ impl Node {
         let cutoff = now - chrono::Duration::from_std(STALE_STAGING).unwrap_or_default();
         match self.store.remove_stale_staging(cutoff).await {
             Ok(0) => {}
-            Ok(n) => info!(objects = n, "removed staged parts of uploads whose writer died"),
+            Ok(n) => info!(
+                objects = n,
+                "removed staged parts of uploads whose writer died"
+            ),
             Err(e) => warn!(error = %e, "could not clean staged parts"),
         }
     }
