@@ -117,7 +117,7 @@ async fn expiring(addr: &str, camera: &str, expires_in_ms: i64) -> (String, Time
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn holds_race_the_sweeper_across_nodes_and_a_paused_sweeper_deletes_nothing() {
-    let nodes = Nodes::new().await;
+    let mut nodes = Nodes::new().await;
     let n1 = nodes.start_with("n1", SWEEPS);
     let n2 = nodes.start_with("n2", NO_SWEEPER);
     let n3 = nodes.start_with("n3", SWEEPS);
@@ -198,32 +198,25 @@ async fn holds_race_the_sweeper_across_nodes_and_a_paused_sweeper_deletes_nothin
     signal(paused, "STOP");
     let (successor, took) = wait_for_sweeper(other, Some(&first), Duration::from_secs(30)).await;
     eprintln!("sweeper {first} stopped; {successor} took the duty after {took:?}");
-    let mut held = Vec::new();
-    for i in 0..4 {
-        let camera = format!("paused-{i}");
-        let (id, expires) = expiring(&a2, &camera, 1500).await;
-        hold(
-            &a2,
-            &camera,
-            plus_ms(expires, -10_000),
-            plus_ms(expires, 10_000),
-        );
-        held.push(id);
-    }
+    let held = hold_expiring(&a2, "paused").await;
     signal(paused, "CONT");
-    let mut gone = Vec::new();
-    for i in 0..2 {
-        gone.push(expiring(&a2, &format!("after-{i}"), 0).await.0);
-    }
-    wait_deleted(&a2, &gone, Duration::from_secs(30)).await;
-    for id in &held {
-        assert!(present(&a2, id).await, "held segment {id} was deleted");
-    }
+    check_held_kept(&a2, &held, "after-pause").await;
     assert_eq!(
         sweeper(&a2).await.as_deref(),
         Some(successor.as_str()),
         "one sweeper"
     );
+
+    // The engine unreachable for longer than the lease: no node can renew
+    // or delete; once it is back, holds placed through n2 bind whoever
+    // sweeps next, and sweeping resumes.
+    nodes.sw.stop_s3();
+    // The outage's length, not a wait for a condition.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    nodes.sw.start_s3().await;
+    let held_after_outage = hold_expiring(&a2, "outage").await;
+    check_held_kept(&a2, &held_after_outage, "after-outage").await;
+    check_held_kept(&a2, &held, "after-outage-2").await;
 
     // One audit chain, written by three nodes, verifies offline over the
     // bucket, and each record names its node.
@@ -260,6 +253,37 @@ async fn holds_race_the_sweeper_across_nodes_and_a_paused_sweeper_deletes_nothin
             writers.contains(n),
             "no audit record names {n}: {writers:?}"
         );
+    }
+}
+
+/// Stores four segments on `addr` expiring in 1.5 s and holds each from
+/// `addr`; returns their ids.
+async fn hold_expiring(addr: &str, prefix: &str) -> Vec<String> {
+    let mut held = Vec::new();
+    for i in 0..4 {
+        let camera = format!("{prefix}-{i}");
+        let (id, expires) = expiring(addr, &camera, 1500).await;
+        hold(
+            addr,
+            &camera,
+            plus_ms(expires, -10_000),
+            plus_ms(expires, 10_000),
+        );
+        held.push(id);
+    }
+    held
+}
+
+/// Waits until unheld footage expiring now is deleted (a sweeper is
+/// running), then checks every held segment is still there.
+async fn check_held_kept(addr: &str, held: &[String], control: &str) {
+    let mut gone = Vec::new();
+    for i in 0..2 {
+        gone.push(expiring(addr, &format!("{control}-{i}"), 0).await.0);
+    }
+    wait_deleted(addr, &gone, Duration::from_secs(40)).await;
+    for id in held {
+        assert!(present(addr, id).await, "held segment {id} was deleted");
     }
 }
 

@@ -76,9 +76,13 @@ struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Result<Proc> {
+    /// Starts `cmd` with stderr (and stdout, unless `piped_stdout`) to `log`.
+    fn spawn(name: &str, cmd: &mut Command, log: &Path, piped_stdout: bool) -> Result<Proc> {
         use std::os::unix::process::CommandExt;
         let out = File::options().create(true).append(true).open(log)?;
+        if !piped_stdout {
+            cmd.stdout(out.try_clone()?);
+        }
         let child = cmd
             .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
             .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
@@ -162,11 +166,12 @@ async fn start_seaweed(root: &Path) -> Result<(Vec<Proc>, String)> {
             Command::new("weed")
                 .arg("-logtostderr")
                 .arg(format!("-config_dir={}", dir.display()))
+                .args(&args[..1])
                 .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
-                .args(args)
-                .current_dir(&dir)
-                .stdout(Stdio::null()),
+                .args(&args[1..])
+                .current_dir(&dir),
             &dir.join("log"),
+            false,
         )
     };
     let ports = || -> Result<(u16, u16)> { Ok((free_port()?, free_port()?)) };
@@ -176,6 +181,7 @@ async fn start_seaweed(root: &Path) -> Result<(Vec<Proc>, String)> {
     procs.push(weed(
         "master",
         vec![
+            "master".into(),
             format!("-port={mp}"),
             format!("-port.grpc={mg}"),
             "-mdir=.".into(),
@@ -315,6 +321,7 @@ fn start_node(
             .env_remove("CUSTODY_KEKS")
             .stdout(Stdio::piped()),
         &dir.join(format!("{name}.log")),
+        true,
     )?;
     let stdout = node.child.stdout.take().context("custodyd stdout")?;
     let mut lines = BufReader::new(stdout).lines();
@@ -403,10 +410,16 @@ impl Shared {
     }
 }
 
-/// One camera: a segment every `interval` (offset by `phase`), to its home
-/// node, failing over to the next node on error. Returns nothing: the acks
-/// go into `shared`.
-async fn camera(shared: Arc<Shared>, c: usize, phase: Duration, interval: Duration) -> Result<()> {
+/// One camera: a segment every `interval` (offset by `phase`) until `run`
+/// has passed, to its home node, failing over to the next node on error
+/// (the same segment, again). The acknowledgements go into `shared`.
+async fn camera(
+    shared: Arc<Shared>,
+    c: usize,
+    phase: Duration,
+    interval: Duration,
+    run: Duration,
+) -> Result<()> {
     let nodes = shared.clients.len();
     let mut node = c % nodes;
     let lane = (c / nodes) % shared.clients[0].len();
@@ -414,7 +427,7 @@ async fn camera(shared: Arc<Shared>, c: usize, phase: Duration, interval: Durati
     let mut i = 0u64;
     loop {
         tokio::time::sleep_until(next_due.into()).await;
-        if shared.stop.load(Ordering::Relaxed) {
+        if shared.stop.load(Ordering::Relaxed) || next_due >= shared.begin + run {
             return Ok(());
         }
         let due = next_due;
@@ -738,7 +751,7 @@ pub(super) async fn cluster_bench(a: ClusterArgs) -> Result<()> {
     let killed = Arc::new(Mutex::new(None));
     let phase = |c: usize| interval.mul_f64(c as f64 / a.cameras as f64);
     let cams: Vec<_> = (0..a.cameras)
-        .map(|c| tokio::spawn(camera(shared.clone(), c, phase(c), interval)))
+        .map(|c| tokio::spawn(camera(shared.clone(), c, phase(c), interval, run)))
         .collect();
     let sampler = tokio::spawn(lag_sampler(shared.clone(), killed.clone()));
     let mut peak = [0f64; 3];
