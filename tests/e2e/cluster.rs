@@ -422,6 +422,30 @@ async fn three_nodes_on_one_bucket_survive_a_kill_and_rebuild() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // `custody ingest --watch` given a dead node first fails over to the next.
+    let watched = nodes.dir.path().join("watched");
+    std::fs::create_dir(&watched).unwrap();
+    let mut list = String::new();
+    for i in 0..3u32 {
+        let file = format!("cam-20260101-1300{:02}.ts", i * 2);
+        std::fs::write(watched.join(&file), vec![i as u8 + 7; 30_000]).unwrap();
+        list.push_str(&format!("{file},{}.0,{}.0\n", i * 2, i * 2 + 2));
+    }
+    std::fs::write(watched.join("segments.csv"), list).unwrap();
+    let out = std::process::Command::new(crate::testkit::CUSTODY)
+        .args(["--server", &format!("{a2},{a1}"), "--json", "ingest", "--watch"])
+        .arg(&watched)
+        .args(["--camera", "cam-watch", "--once"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "watch with failover: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let watched_ids = listed(&a3, "cam-watch").await;
+    assert_eq!(watched_ids.len(), 3, "{watched_ids:?}");
+
     // n2 back on its own index: it catches up on what others stored.
     let n2 = n2.restart();
     wait_all_listed(&n2.addr, &acked, Duration::from_secs(30)).await;
