@@ -159,6 +159,15 @@ async fn listed(addr: &str, camera: &str) -> BTreeMap<String, String> {
     }
 }
 
+pub(crate) fn now_rfc3339() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    Timestamp::from_parts(d.as_secs() as i64, d.subsec_nanos() as i32)
+        .unwrap()
+        .to_string()
+}
+
 pub(crate) async fn read(addr: &str, id: &str) -> Result<Vec<u8>, tonic::Status> {
     let mut client = ArchiveServiceClient::connect(addr.to_string())
         .await
@@ -433,7 +442,13 @@ async fn three_nodes_on_one_bucket_survive_a_kill_and_rebuild() {
     }
     std::fs::write(watched.join("segments.csv"), list).unwrap();
     let out = std::process::Command::new(crate::testkit::CUSTODY)
-        .args(["--server", &format!("{a2},{a1}"), "--json", "ingest", "--watch"])
+        .args([
+            "--server",
+            &format!("{a2},{a1}"),
+            "--json",
+            "ingest",
+            "--watch",
+        ])
         .arg(&watched)
         .args(["--camera", "cam-watch", "--once"])
         .output()
@@ -484,6 +499,54 @@ async fn three_nodes_on_one_bucket_survive_a_kill_and_rebuild() {
         wait_all_listed(&s.addr, &acked, Duration::from_secs(30)).await;
     }
     check_readable(&restarted[2].addr, &acked).await;
+
+    // A compliance report from any node counts, from the bucket, the
+    // footage every node stored; an evidence export from any node holds a
+    // camera's segments whichever node took them.
+    let report = crate::testkit::json(&restarted[1].custody_ok(&[
+        "--json",
+        "compliance",
+        "report",
+        "--as-of",
+        &now_rfc3339(),
+    ]));
+    for c in 0..6 {
+        let camera = format!("cam-{c}");
+        let want = acked.values().filter(|a| a.camera == camera).count() as u64;
+        let got = report["cameras"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["camera_id"] == camera.as_str())
+            .and_then(|r| r["segments"].as_u64())
+            .unwrap_or(0);
+        assert!(
+            got >= want,
+            "{camera}: report counts {got}, {want} acknowledged"
+        );
+    }
+    let bundle = nodes.dir.path().join("bundle");
+    restarted[0].custody_ok(&[
+        "evidence",
+        "export",
+        "--camera",
+        "cam-1",
+        "--from",
+        &secs(0).to_string(),
+        "--to",
+        &secs(3_600).to_string(),
+        "--out",
+        bundle.to_str().unwrap(),
+    ]);
+    let manifest =
+        crate::testkit::json(&std::fs::read_to_string(bundle.join("manifest.json")).unwrap());
+    let exported = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "segment")
+        .count();
+    assert_eq!(exported, listed(&restarted[0].addr, "cam-1").await.len());
 
     // One audit chain across every node, the SIGKILLed ones included.
     let keys = nodes.dir.path().join("keyring.toml");

@@ -123,6 +123,14 @@ async fn holds_race_the_sweeper_across_nodes_and_a_paused_sweeper_deletes_nothin
     let n3 = nodes.start_with("n3", SWEEPS);
     let (a1, a2, a3) = (n1.addr.clone(), n2.addr.clone(), n3.addr.clone());
     n2.custody_ok(&["policy", "set", "--retain-for", &format!("{RETAIN_SECS}s")]);
+    // A policy set through n2 binds n1 at once.
+    let resolved =
+        crate::testkit::json(&n1.custody_ok(&["--json", "policy", "resolve", "any-camera"]));
+    assert_eq!(
+        resolved["retain_for_secs"].as_u64(),
+        Some(RETAIN_SECS as u64),
+        "{resolved}"
+    );
     let (first, _) = wait_for_sweeper(&a2, None, Duration::from_secs(20)).await;
     assert_ne!(first, "n2", "n2 runs no sweeper");
 
@@ -170,6 +178,15 @@ async fn holds_race_the_sweeper_across_nodes_and_a_paused_sweeper_deletes_nothin
             }
         }
     }
+    // Holds placed through n2 are listed by n3 at once.
+    let holds = crate::testkit::json(&n3.custody_ok(&["--json", "hold", "ls"]));
+    let race_holds = holds
+        .as_array()
+        .expect("a JSON array of holds")
+        .iter()
+        .filter(|h| h["case_id"] == "race")
+        .count();
+    assert_eq!(race_holds, raced.len(), "{holds}");
     let lost = raced.iter().filter(|r| !r.present_at_ack).count();
     let won_expired = raced
         .iter()

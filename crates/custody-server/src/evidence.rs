@@ -212,6 +212,7 @@ impl Node {
     > {
         match scope {
             EvidenceScope::Hold(id) => {
+                self.sync_retention_view().await?;
                 let state = self.hold(id).await?;
                 let h = &state.hold;
                 let cameras = self.hold_cameras(h)?;

@@ -126,6 +126,8 @@ impl RetentionApi {
         &self,
         request: Request<pb::SetPolicyRequest>,
     ) -> Result<Response<pb::SetPolicyResponse>, Status> {
+        // Records written through other nodes of a cluster bind this one at once.
+        self.node.sync_retention_view().await?;
         let caller = Caller::of(&request);
         let r = request.into_inner();
         let scope = scope_from(r.scope)?;
@@ -155,6 +157,8 @@ impl RetentionApi {
         &self,
         request: Request<pb::GetPolicyRequest>,
     ) -> Result<Response<pb::PolicyVersion>, Status> {
+        // Records written through other nodes of a cluster bind this one at once.
+        self.node.sync_retention_view().await?;
         let scope = scope_from(request.into_inner().scope)?;
         let key: ScopeKey = scope.key();
         let v = self
@@ -169,6 +173,8 @@ impl RetentionApi {
         &self,
         _request: Request<pb::ListPoliciesRequest>,
     ) -> Result<Response<pb::ListPoliciesResponse>, Status> {
+        // Records written through other nodes of a cluster bind this one at once.
+        self.node.sync_retention_view().await?;
         Ok(Response::new(pb::ListPoliciesResponse {
             policies: self.node.policies().iter().map(version_to).collect(),
         }))
@@ -179,6 +185,8 @@ impl RetentionApi {
         &self,
         request: Request<pb::ResolvePolicyRequest>,
     ) -> Result<Response<pb::PolicyVersion>, Status> {
+        // Records written through other nodes of a cluster bind this one at once.
+        self.node.sync_retention_view().await?;
         let camera = CameraId::parse(&request.into_inner().camera_id).map_err(ServerError::from)?;
         let v = self.node.resolve_policy(&camera).ok_or_else(|| {
             Status::not_found(format!(
@@ -265,6 +273,8 @@ impl RetentionApi {
         &self,
         request: Request<pb::ReleaseHoldRequest>,
     ) -> Result<Response<pb::HoldRecord>, Status> {
+        // Records written through other nodes of a cluster bind this one at once.
+        self.node.sync_retention_view().await?;
         let caller = Caller::of(&request);
         let r = request.into_inner();
         let id = hold_id(&r.hold_id)?;
@@ -288,6 +298,8 @@ impl RetentionApi {
         &self,
         request: Request<pb::GetHoldRequest>,
     ) -> Result<Response<pb::HoldRecord>, Status> {
+        // Records written through other nodes of a cluster bind this one at once.
+        self.node.sync_retention_view().await?;
         let id = hold_id(&request.into_inner().hold_id)?;
         Ok(Response::new(hold_to(&self.node.hold(&id).await?)))
     }
@@ -297,6 +309,8 @@ impl RetentionApi {
         &self,
         request: Request<pb::ListHoldsRequest>,
     ) -> Result<Response<pb::ListHoldsResponse>, Status> {
+        // Records written through other nodes of a cluster bind this one at once.
+        self.node.sync_retention_view().await?;
         let all = request.into_inner().include_released;
         Ok(Response::new(pb::ListHoldsResponse {
             holds: self.node.holds(all).await.iter().map(hold_to).collect(),

@@ -70,6 +70,16 @@ impl Node {
         Ok(())
     }
 
+    /// In a cluster, reads policy, hold and release records other nodes
+    /// wrote before answering about them or changing them (alone, this
+    /// node's view is every record there is).
+    pub(crate) async fn sync_retention_view(&self) -> Result<(), ServerError> {
+        if self.cluster.journals() {
+            self.refresh_retention().await?;
+        }
+        Ok(())
+    }
+
     /// Rebuilds the policy book from the policy history read so far.
     fn finish_policy_load(&self) -> Result<(), ServerError> {
         let history = lock(&self.retention.policy_history).clone();
