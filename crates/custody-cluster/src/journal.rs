@@ -137,17 +137,14 @@ impl Journal {
             .await
     }
 
-    /// Every node that has a journal.
+    /// Every node that has a journal (one delimited listing: the batches
+    /// themselves are not listed).
     pub async fn nodes(store: &Store) -> Result<Vec<NodeName>, ClusterError> {
-        let keys: Vec<ObjectPath> = store
-            .list(&ObjectPath::from(JOURNAL_PREFIX))
-            .map_ok(|o| o.key)
-            .try_collect()
-            .await?;
-        let mut nodes: Vec<NodeName> = keys
+        let dirs = store.list_dirs(&ObjectPath::from(JOURNAL_PREFIX)).await?;
+        let mut nodes: Vec<NodeName> = dirs
             .iter()
-            .filter_map(|k| k.parts().nth(2))
-            .filter_map(|p| NodeName::new(p.as_ref()).ok())
+            .filter_map(|k| k.filename())
+            .filter_map(|p| NodeName::new(p).ok())
             .collect();
         nodes.sort();
         nodes.dedup();

@@ -29,6 +29,17 @@ impl Store {
             .boxed()
     }
 
+    /// The "directories" directly under `prefix` (common prefixes up to the
+    /// next `/`), without listing the objects inside them.
+    pub async fn list_dirs(&self, prefix: &Path) -> Result<Vec<Path>, StoreError> {
+        let r = self
+            .inner
+            .list_with_delimiter(Some(prefix))
+            .await
+            .map_err(|e| StoreError::backend(prefix, e))?;
+        Ok(r.common_prefixes)
+    }
+
     /// Writes `key`, replacing whatever is there. Only for objects that are
     /// state, not records (a node's heartbeat). Returns what the engine
     /// stored, with its own modification time.
