@@ -1,10 +1,9 @@
 //! Writing a segment object: [`Encryptor`] turns plaintext pieces into the
 //! prefix, whole encrypted chunks and the footer, buffering at most one chunk.
 //!
-//! Chunks are sealed with `ring`'s AES-256-GCM (the same cipher and output
-//! as the `aes-gcm` crate that opens them, byte for byte), whose fused
-//! AES-NI/VAES + carry-less-multiply code is an order of magnitude faster:
-//! encryption is on the ingest path of every byte.
+//! Chunks are sealed with the `aes-gcm` crate (AES-NI and carry-less
+//! multiplication detected at run time), written into one output buffer per
+//! call ([`Encryptor::update_into`]) so the ingest path copies each byte once.
 
 use rand::rngs::OsRng;
 use rand::RngCore;
@@ -159,34 +158,19 @@ impl Encryptor {
     }
 }
 
-/// A data key for sealing (AES-256-GCM, `ring`).
-struct DataKey(ring::aead::LessSafeKey);
+/// A data key for sealing (AES-256-GCM, the `aes-gcm` crate, as every
+/// other seal and open in this crate).
+struct DataKey(aes_gcm::Aes256Gcm);
 
 impl DataKey {
     fn new(dek: &[u8; 32]) -> DataKey {
-        let key = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, dek)
-            .expect("AES_256_GCM takes a 32-byte key, which a [u8; 32] is");
-        DataKey(ring::aead::LessSafeKey::new(key))
+        DataKey(aead::cipher(dek))
     }
 
     /// Encrypts `buf` in place and returns the tag. Every nonce is used
     /// once per data key: the chunk counter and flag make it unique.
-    ///
-    /// AES-GCM only refuses inputs above 64 GiB; chunks are at most
-    /// `MAX_CHUNK_SIZE` and the other inputs a few bytes, so the refusal is
-    /// unreachable (as in [`aead::seal`]).
     fn seal(&self, nonce: [u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
-        let tag = self
-            .0
-            .seal_in_place_separate_tag(
-                ring::aead::Nonce::assume_unique_for_key(nonce),
-                ring::aead::Aad::from(aad),
-                buf,
-            )
-            .expect("AES-GCM accepts inputs below 64 GiB; callers bound them far lower");
-        let mut out = [0u8; TAG_LEN];
-        out.copy_from_slice(tag.as_ref());
-        out
+        aead::seal(&self.0, &nonce, aad, buf)
     }
 }
 
@@ -214,32 +198,6 @@ impl ChunkSealer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// `ring` seals exactly as the `aes-gcm` crate that opens segments does
-    /// (same ciphertext, same tag), for empty, short and multi-block inputs.
-    #[test]
-    fn ring_sealing_matches_aes_gcm() {
-        let key = [0x5au8; 32];
-        let ring_key = DataKey::new(&key);
-        let cipher = aead::cipher(&key);
-        for (len, flag) in [
-            (0usize, FLAG_HEADER),
-            (1, FLAG_DATA),
-            (1000, FLAG_LAST),
-            (70_001, FLAG_DATA),
-        ] {
-            let plain: Vec<u8> = (0..len).map(|i| (i * 7 % 256) as u8).collect();
-            let aad = [len as u8; 32];
-            let n = nonce(len as u64, flag);
-            let mut a = plain.clone();
-            let mut b = plain.clone();
-            let ta = aead::seal(&cipher, &n, &aad, &mut a);
-            let tb = ring_key.seal(n, &aad, &mut b);
-            assert_eq!((a.as_slice(), ta), (b.as_slice(), tb), "len {len}");
-            assert!(aead::open(&cipher, &n, &aad, &mut b, &tb));
-            assert_eq!(b, plain);
-        }
-    }
 
     /// `update_into` appends what `update` returns.
     #[test]
