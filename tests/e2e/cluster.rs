@@ -15,11 +15,10 @@ use custody_proto::v1 as pb;
 use custody_proto::v1::archive_service_client::ArchiveServiceClient;
 use custody_proto::v1::ingest_service_client::IngestServiceClient;
 use custody_proto::v1::node_service_client::NodeServiceClient;
-use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 use crate::seaweed::Seaweed;
-use crate::testkit::{chunk, finish, header, secs, Server};
+use crate::testkit::{chunk, finish, header, read_from, secs, Server};
 
 /// One test cluster's files: a shared key file and one config per node.
 pub(crate) struct Nodes {
@@ -63,6 +62,31 @@ impl Nodes {
 
     fn start(&self, node: &str) -> Server {
         Server::start(&self.data_dir(node), Some(&self.config(node)))
+    }
+
+    /// Verifies the one audit chain in the bucket offline (`custody audit
+    /// verify`); panics with the report when it fails.
+    pub(crate) fn verify_audit_chain(&self) {
+        let keys = self.dir.path().join("keyring.toml");
+        let out = crate::testkit::custody_offline(&[
+            "audit",
+            "verify",
+            "--store",
+            &format!("s3://{}/city", self.sw.bucket),
+            "--key-file",
+            keys.to_str().unwrap(),
+            "--s3-endpoint",
+            &self.sw.endpoint,
+            "--s3-region",
+            crate::seaweed::REGION,
+            "--s3-allow-http",
+        ]);
+        assert!(
+            out.status.success(),
+            "audit verify: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Starts `node` with `retention` as its `[retention]` section.
@@ -159,35 +183,6 @@ async fn listed(addr: &str, camera: &str) -> BTreeMap<String, String> {
     }
 }
 
-pub(crate) fn now_rfc3339() -> String {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    Timestamp::from_parts(d.as_secs() as i64, d.subsec_nanos() as i32)
-        .unwrap()
-        .to_string()
-}
-
-pub(crate) async fn read(addr: &str, id: &str) -> Result<Vec<u8>, tonic::Status> {
-    let mut client = ArchiveServiceClient::connect(addr.to_string())
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?
-        .max_decoding_message_size(64 << 20);
-    let mut s = client
-        .read_segment(pb::ReadSegmentRequest {
-            segment_id: id.into(),
-            offset: 0,
-            length: 0,
-        })
-        .await?
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(m) = s.next().await {
-        out.extend(m?.data);
-    }
-    Ok(out)
-}
-
 /// Waits until `addr` lists every acknowledged segment; returns how long
 /// that took. Panics with what is missing after `limit`.
 async fn wait_all_listed(addr: &str, acked: &BTreeMap<String, Acked>, limit: Duration) -> Duration {
@@ -211,7 +206,7 @@ async fn wait_all_listed(addr: &str, acked: &BTreeMap<String, Acked>, limit: Dur
         }
         if began.elapsed() > limit {
             let id = missing[0];
-            let by_id = read(addr, id).await.map(|d| d.len());
+            let by_id = read_from(addr, id).await.map(|d| d.len());
             let status = NodeServiceClient::connect(addr.to_string())
                 .await
                 .unwrap()
@@ -236,7 +231,7 @@ async fn wait_all_listed(addr: &str, acked: &BTreeMap<String, Acked>, limit: Dur
 /// Reads every acknowledged segment through `addr` and checks its bytes.
 async fn check_readable(addr: &str, acked: &BTreeMap<String, Acked>) {
     for (id, a) in acked {
-        let data = read(addr, id)
+        let data = read_from(addr, id)
             .await
             .unwrap_or_else(|e| panic!("read {id} ({}) on {addr}: {e}", a.camera));
         assert_eq!(data.len(), a.len, "{id} on {addr}");
@@ -307,7 +302,7 @@ async fn three_nodes_on_one_bucket_survive_a_kill_and_rebuild() {
     let first = segment_bytes("cam-first", 0);
     let r = put(&a1, "cam-first", secs(100), &first).await.unwrap();
     assert!(!r.duplicate);
-    assert_eq!(read(&a3, &r.segment_id).await.unwrap(), first);
+    assert_eq!(read_from(&a3, &r.segment_id).await.unwrap(), first);
     // The same segment through n2: one object, answered as a duplicate.
     let again = put(&a2, "cam-first", secs(100), &first).await.unwrap();
     assert!(again.duplicate);
@@ -317,7 +312,7 @@ async fn three_nodes_on_one_bucket_survive_a_kill_and_rebuild() {
         .await
         .unwrap_err();
     assert_eq!(other.code(), tonic::Code::AlreadyExists, "{other}");
-    assert_eq!(read(&a2, &r.segment_id).await.unwrap(), first);
+    assert_eq!(read_from(&a2, &r.segment_id).await.unwrap(), first);
 
     // Listing lag: acknowledged on one node → listed by the others.
     let mut lags = Vec::new();
@@ -412,7 +407,7 @@ async fn three_nodes_on_one_bucket_survive_a_kill_and_rebuild() {
     // No partial segment: whatever a survivor lists reads whole.
     for c in 0..6 {
         for (id, sha) in listed(&a1, &format!("cam-{c}")).await {
-            let data = read(&a1, &id).await.unwrap();
+            let data = read_from(&a1, &id).await.unwrap();
             assert_eq!(hex::encode(Sha256::digest(&data)), sha, "{id}");
         }
     }
@@ -516,7 +511,7 @@ async fn three_nodes_on_one_bucket_survive_a_kill_and_rebuild() {
         "compliance",
         "report",
         "--as-of",
-        &now_rfc3339(),
+        &crate::testkit::now().to_string(),
     ]));
     for c in 0..6 {
         let camera = format!("cam-{c}");
@@ -557,26 +552,7 @@ async fn three_nodes_on_one_bucket_survive_a_kill_and_rebuild() {
     assert_eq!(exported, listed(&restarted[0].addr, "cam-1").await.len());
 
     // One audit chain across every node, the SIGKILLed ones included.
-    let keys = nodes.dir.path().join("keyring.toml");
-    let out = crate::testkit::custody_offline(&[
-        "audit",
-        "verify",
-        "--store",
-        &format!("s3://{}/city", nodes.sw.bucket),
-        "--key-file",
-        keys.to_str().unwrap(),
-        "--s3-endpoint",
-        &nodes.sw.endpoint,
-        "--s3-region",
-        crate::seaweed::REGION,
-        "--s3-allow-http",
-    ]);
-    assert!(
-        out.status.success(),
-        "audit verify: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    nodes.verify_audit_chain();
 }
 
 /// The three-node example in `deploy/cluster/` parses, and its nodes differ

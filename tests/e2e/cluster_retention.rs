@@ -5,12 +5,12 @@
 //! audit chain written by every node.
 
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use custody_core::Timestamp;
 
-use crate::cluster::{cluster_status, put_range, read, Nodes};
-use crate::testkit::{Server, CUSTODY};
+use crate::cluster::{cluster_status, put_range, Nodes};
+use crate::testkit::{now, read_from, Server, CUSTODY};
 
 /// Sweeps every second, fence F = 6 s, policy changes effective at once.
 const SWEEPS: &str =
@@ -20,11 +20,6 @@ const NO_SWEEPER: &str =
     "[retention]\nsweeper_enabled = false\nhold_fence_secs = 6\npolicy_grace_secs = 0\n";
 /// Retention of the test's footage.
 const RETAIN_SECS: i64 = 2;
-
-fn now() -> Timestamp {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    Timestamp::from_parts(d.as_secs() as i64, d.subsec_nanos() as i32).unwrap()
-}
 
 fn plus_ms(t: Timestamp, ms: i64) -> Timestamp {
     t.saturating_add_nanos(ms * 1_000_000)
@@ -78,7 +73,7 @@ fn hold(addr: &str, camera: &str, from: Timestamp, to: Timestamp) -> Duration {
 
 /// Whether a segment can still be read (through `addr`).
 async fn present(addr: &str, id: &str) -> bool {
-    read(addr, id).await.is_ok()
+    read_from(addr, id).await.is_ok()
 }
 
 /// Waits until every segment in `ids` is gone (read through `addr`).
@@ -237,27 +232,7 @@ async fn holds_race_the_sweeper_across_nodes_and_a_paused_sweeper_deletes_nothin
 
     // One audit chain, written by three nodes, verifies offline over the
     // bucket, and each record names its node.
-    let keys = nodes.dir.path().join("keyring.toml");
-    let store = format!("s3://{}/city", nodes.sw.bucket);
-    let out = crate::testkit::custody_offline(&[
-        "audit",
-        "verify",
-        "--store",
-        &store,
-        "--key-file",
-        keys.to_str().unwrap(),
-        "--s3-endpoint",
-        &nodes.sw.endpoint,
-        "--s3-region",
-        crate::seaweed::REGION,
-        "--s3-allow-http",
-    ]);
-    assert!(
-        out.status.success(),
-        "audit verify: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    nodes.verify_audit_chain();
     let listed = n2.custody_ok(&["--json", "audit", "ls"]);
     let writers: std::collections::BTreeSet<String> = crate::testkit::json(&listed)
         .as_array()

@@ -252,10 +252,17 @@ pub(crate) fn ts(t: custody_core::Timestamp) -> prost_types::Timestamp {
 
 /// Reads a whole segment over gRPC.
 pub(crate) async fn read_all(server: &Server, id: &str) -> Result<Vec<u8>, tonic::Status> {
+    read_from(&server.addr, id).await
+}
+
+/// Reads a whole segment over gRPC from the server at `addr`; a server that
+/// cannot be reached is `UNAVAILABLE`.
+pub(crate) async fn read_from(addr: &str, id: &str) -> Result<Vec<u8>, tonic::Status> {
     use futures::StreamExt;
-    let mut s = server
-        .archive()
+    let mut s = ArchiveServiceClient::connect(addr.to_string())
         .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?
+        .max_decoding_message_size(64 << 20)
         .read_segment(custody_proto::v1::ReadSegmentRequest {
             segment_id: id.into(),
             offset: 0,
@@ -268,6 +275,14 @@ pub(crate) async fn read_all(server: &Server, id: &str) -> Result<Vec<u8>, tonic
         out.extend(m?.data);
     }
     Ok(out)
+}
+
+/// The wall clock now.
+pub(crate) fn now() -> Timestamp {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    Timestamp::from_parts(d.as_secs() as i64, d.subsec_nanos() as i32).unwrap()
 }
 
 /// A `custodyd` with several listeners, killed when dropped.

@@ -59,6 +59,15 @@ pub(crate) enum JournalEntryV1 {
     Deleted(SegmentId),
 }
 
+impl JournalEntryV1 {
+    /// The entries saying `recs` were stored.
+    pub(crate) fn stored(recs: &[SegmentRecord]) -> Vec<JournalEntryV1> {
+        recs.iter()
+            .map(|r| JournalEntryV1::Stored(Box::new(r.clone())))
+            .collect()
+    }
+}
+
 /// How one member looks from this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberView {

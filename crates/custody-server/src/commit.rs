@@ -124,10 +124,7 @@ impl Journal<'_> {
         if !self.cluster.journals() {
             return Ok(());
         }
-        let entries = recs
-            .iter()
-            .map(|r| JournalEntryV1::Stored(Box::new(r.clone())))
-            .collect();
+        let entries = JournalEntryV1::stored(recs);
         self.runtime.block_on(self.cluster.publish(entries))
     }
 }

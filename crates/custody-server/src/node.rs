@@ -315,10 +315,7 @@ impl Node {
         if !self.cluster.journals() || recs.is_empty() {
             return;
         }
-        let entries = recs
-            .iter()
-            .map(|r| JournalEntryV1::Stored(Box::new(r.clone())))
-            .collect();
+        let entries = JournalEntryV1::stored(recs);
         if let Err(e) = self.cluster.publish(entries).await {
             warn!(error = %e, segments = recs.len(), "could not journal segments indexed from the store");
         }
