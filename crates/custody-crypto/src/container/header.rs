@@ -94,7 +94,7 @@ impl Header {
 /// Appends a string with a u8 length. Every string written here comes from a
 /// validated type of at most 64 bytes.
 fn put_str(b: &mut Vec<u8>, s: &str) {
-    debug_assert!(s.len() <= usize::from(u8::MAX));
+    assert!(s.len() <= usize::from(u8::MAX));
     b.push(s.len() as u8);
     b.extend_from_slice(s.as_bytes());
 }
