@@ -263,14 +263,39 @@ impl Catalog {
         // process crash (kill -9) does not lose; the synced batch that
         // indexes the segment makes it durable against power loss with
         // everything before it.
-        self.db
-            .put_cf(self.cf(CF_PENDING), id.as_bytes(), object_key.as_bytes())?;
-        Ok(())
+        self.add_pendings([(id, object_key)])
     }
 
     /// Forgets a write intent.
     pub fn remove_pending(&self, id: &SegmentId) -> Result<(), CatalogError> {
-        self.db.delete_cf(self.cf(CF_PENDING), id.as_bytes())?;
+        self.remove_pendings([id])
+    }
+
+    /// Records many write intents in one batch, not synced, like
+    /// [`Catalog::add_pending`] (the group commit's, before it links the
+    /// round's objects into place).
+    pub fn add_pendings<'a>(
+        &self,
+        intents: impl IntoIterator<Item = (&'a SegmentId, &'a str)>,
+    ) -> Result<(), CatalogError> {
+        let mut b = WriteBatch::default();
+        for (id, key) in intents {
+            b.put_cf(self.cf(CF_PENDING), id.as_bytes(), key.as_bytes());
+        }
+        self.db.write(b)?;
+        Ok(())
+    }
+
+    /// Forgets many write intents in one batch.
+    pub fn remove_pendings<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a SegmentId>,
+    ) -> Result<(), CatalogError> {
+        let mut b = WriteBatch::default();
+        for id in ids {
+            b.delete_cf(self.cf(CF_PENDING), id.as_bytes());
+        }
+        self.db.write(b)?;
         Ok(())
     }
 

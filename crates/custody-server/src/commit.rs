@@ -1,14 +1,18 @@
 //! Group commit of ingests: uploads that finished writing their objects at
-//! about the same time share one round of directory fsyncs and one synced
-//! RocksDB batch, as databases share a log flush. A segment is acknowledged
-//! only after its round completed (invariant 5), so under load the disk
-//! pays one index sync for many segments instead of one each.
+//! about the same time share one round, as databases share a log flush. A
+//! round records the write intents of its staged local objects in one
+//! batch, links the objects into place, fsyncs each directory it touched
+//! once, journals the round (in a cluster) and indexes it in one synced
+//! RocksDB batch. A segment is acknowledged only after its round completed
+//! (invariant 5), so under load the disk pays one directory sync and one
+//! index sync for many segments instead of one each, and an upload makes
+//! one thread hop (its staging write and fsync) besides the round.
 
 use std::sync::{mpsc, Arc};
 use std::thread;
 
 use custody_catalog::{Catalog, SegmentRecord};
-use custody_store::{PendingSync, Store};
+use custody_store::{PendingSync, StagedObject, Store, StoreError};
 use tokio::sync::oneshot;
 use tracing::error;
 
@@ -19,10 +23,30 @@ use crate::ServerError;
 /// Most segments committed in one round.
 const MAX_ROUND: usize = 512;
 
+/// How a round gets an upload's object under its name.
+pub(crate) enum Publish {
+    /// A local object, durable in its staging file: the round records its
+    /// write intent, then links it into place.
+    Staged(StagedObject),
+    /// Already under its name (other backends publish while uploading,
+    /// after recording the write intent themselves).
+    Published,
+}
+
+/// What a round did with an upload.
+#[derive(Debug)]
+pub(crate) enum Committed {
+    /// Stored and indexed, durably: the record as indexed.
+    Indexed(Box<SegmentRecord>),
+    /// An object with that name already existed (another writer stored the
+    /// same id first): nothing was replaced or indexed.
+    Exists,
+}
+
 struct Request {
     rec: SegmentRecord,
-    sync: PendingSync,
-    done: oneshot::Sender<Result<SegmentRecord, ServerError>>,
+    publish: Publish,
+    done: oneshot::Sender<Result<Committed, ServerError>>,
 }
 
 /// The commit queue of a node: one thread that takes every request that is
@@ -82,8 +106,8 @@ impl Committer {
     pub(crate) async fn commit(
         &self,
         rec: SegmentRecord,
-        sync: PendingSync,
-    ) -> Result<SegmentRecord, ServerError> {
+        publish: Publish,
+    ) -> Result<Committed, ServerError> {
         let (done, wait) = oneshot::channel();
         let tx = self
             .inner
@@ -93,7 +117,7 @@ impl Committer {
             .clone()
             .ok_or_else(|| ServerError::Unavailable("the node is shutting down".into()))?;
         let stopped = || ServerError::Unavailable("the commit thread stopped".into());
-        match tx.try_send(Request { rec, sync, done }) {
+        match tx.try_send(Request { rec, publish, done }) {
             Ok(()) => {}
             // The queue is bounded: when it is full, wait on a blocking
             // thread, not the runtime.
@@ -144,13 +168,12 @@ fn run(
                 Err(_) => break,
             }
         }
-        let mut sync = PendingSync::default();
-        let mut recs = Vec::with_capacity(round.len());
-        let mut waiters = Vec::with_capacity(round.len());
-        for r in round {
-            sync.merge(r.sync);
-            recs.push(r.rec);
-            waiters.push(r.done);
+        let (recs, waiters, sync) = match publish_round(catalog, round) {
+            Some(published) => published,
+            None => continue,
+        };
+        if recs.is_empty() {
+            continue;
         }
         let result = store
             .sync_dirs(&sync)
@@ -160,7 +183,7 @@ fn run(
         match result {
             Ok(recs) => {
                 for (w, rec) in waiters.into_iter().zip(recs) {
-                    let _ = w.send(Ok(rec));
+                    let _ = w.send(Ok(Committed::Indexed(Box::new(rec))));
                 }
             }
             Err(e) => {
@@ -173,4 +196,68 @@ fn run(
             }
         }
     }
+}
+
+/// Records the write intents of the round's staged objects in one batch,
+/// then links each into place. Answers at once the uploads whose object
+/// could not be linked (an object of that name exists, or an I/O error),
+/// and forgets their intents. Returns the uploads to index, their waiters
+/// and the directory syncs their names need; `None` when the intents could
+/// not be recorded (every upload of the round has been answered).
+#[allow(clippy::type_complexity)]
+fn publish_round(
+    catalog: &Catalog,
+    round: Vec<Request>,
+) -> Option<(
+    Vec<SegmentRecord>,
+    Vec<oneshot::Sender<Result<Committed, ServerError>>>,
+    PendingSync,
+)> {
+    let intents: Vec<_> = round
+        .iter()
+        .filter(|r| matches!(r.publish, Publish::Staged(_)))
+        .map(|r| (&r.rec.segment_id, r.rec.object_key.as_str()))
+        .collect();
+    if !intents.is_empty() {
+        if let Err(e) = catalog.add_pendings(intents) {
+            error!(error = %e, segments = round.len(), "recording write intents failed");
+            for r in round {
+                if let Publish::Staged(staged) = r.publish {
+                    staged.discard();
+                }
+                let _ = r.done.send(Err(ServerError::Unavailable(format!(
+                    "could not record the write intent: {e}; retry"
+                ))));
+            }
+            return None;
+        }
+    }
+    let mut sync = PendingSync::default();
+    let mut recs = Vec::with_capacity(round.len());
+    let mut waiters = Vec::with_capacity(round.len());
+    let mut refused = Vec::new();
+    for r in round {
+        if let Publish::Staged(staged) = r.publish {
+            match staged.publish() {
+                Ok(dirs) => sync.merge(dirs),
+                Err(e) => {
+                    refused.push(r.rec.segment_id);
+                    let _ = r.done.send(match e {
+                        StoreError::AlreadyExists { .. } => Ok(Committed::Exists),
+                        other => Err(other.into()),
+                    });
+                    continue;
+                }
+            }
+        }
+        recs.push(r.rec);
+        waiters.push(r.done);
+    }
+    if !refused.is_empty() {
+        if let Err(e) = catalog.remove_pendings(&refused) {
+            // Harmless: the startup recovery drops intents without objects.
+            error!(error = %e, "forgetting write intents of refused objects failed");
+        }
+    }
+    Some((recs, waiters, sync))
 }

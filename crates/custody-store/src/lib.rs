@@ -15,4 +15,4 @@ mod versioned;
 pub use error::StoreError;
 pub use layout::SegmentKey;
 pub use object_store::path::Path as ObjectPath;
-pub use store::{ObjectInfo, ObjectWriter, PendingSync, Store, StoreConfig};
+pub use store::{ObjectInfo, ObjectWriter, PendingSync, StagedObject, Store, StoreConfig};

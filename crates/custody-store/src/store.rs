@@ -476,7 +476,7 @@ fn publish_local(
 
 /// Directories known to be durably linked into their parents, so a commit
 /// fsyncs only what it must. Bounded: forgetting only costs extra fsyncs.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct DurableDirs {
     known: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
 }
@@ -538,6 +538,55 @@ impl PendingSync {
     /// Whether nothing is left to sync.
     pub fn is_empty(&self) -> bool {
         self.dirs.is_empty()
+    }
+}
+
+/// A local object whose bytes are durable in a staging file, not yet under
+/// its name. Dropping it leaves the staging file to the startup cleanup;
+/// [`StagedObject::discard`] removes it at once.
+#[derive(Debug)]
+pub struct StagedObject {
+    key: Path,
+    tmp: PathBuf,
+    dest: PathBuf,
+    root: PathBuf,
+    durable_dirs: Arc<DurableDirs>,
+    size: u64,
+}
+
+impl StagedObject {
+    /// Object size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The object's key.
+    pub fn key(&self) -> &Path {
+        &self.key
+    }
+
+    /// Links the object into place, never replacing one
+    /// ([`StoreError::AlreadyExists`], and the staging file is removed).
+    /// Returns the directory syncs that make the name durable. Blocking:
+    /// call from a blocking thread (the group commit's).
+    pub fn publish(self) -> Result<PendingSync, StoreError> {
+        match publish_local(&self.tmp, &self.dest, &self.root, &self.durable_dirs) {
+            Ok(dirs) => Ok(PendingSync { dirs }),
+            Err(e) => {
+                let _ = std::fs::remove_file(&self.tmp);
+                Err(match e.kind() {
+                    std::io::ErrorKind::AlreadyExists => StoreError::AlreadyExists {
+                        key: self.key.to_string(),
+                    },
+                    _ => StoreError::io(self.key.as_ref(), e),
+                })
+            }
+        }
+    }
+
+    /// Removes the staging file; nothing becomes visible. Blocking.
+    pub fn discard(self) {
+        let _ = std::fs::remove_file(&self.tmp);
     }
 }
 
@@ -756,38 +805,15 @@ impl ObjectWriter {
     /// before acknowledging. Fails with [`StoreError::AlreadyExists`]
     /// (writing nothing) if the key exists.
     pub async fn commit_deferred(self) -> Result<(u64, PendingSync), StoreError> {
-        let mut pending = PendingSync::default();
         match self.inner {
-            WriterInner::Local {
-                file,
-                pending: gathered,
-                tmp,
-                dest,
-                root,
-                durable_dirs,
-            } => {
-                // Last bytes, fsync and link on one blocking thread.
-                let key = self.key.clone();
-                let staged = tmp.clone();
-                pending.dirs = tokio::task::spawn_blocking(move || {
-                    let synced =
-                        append_local(file, &tmp, &gathered, &[]).and_then(|f| f.sync_all());
-                    if let Err(e) = synced {
-                        let _ = std::fs::remove_file(&tmp);
-                        return Err(StoreError::io(&tmp, e));
-                    }
-                    publish_local(&tmp, &dest, &root, &durable_dirs).map_err(|e| {
-                        let _ = std::fs::remove_file(&tmp);
-                        match e.kind() {
-                            std::io::ErrorKind::AlreadyExists => StoreError::AlreadyExists {
-                                key: key.to_string(),
-                            },
-                            _ => StoreError::io(key.as_ref(), e),
-                        }
-                    })
-                })
-                .await
-                .map_err(|e| StoreError::io(&staged, join_error(e)))??;
+            WriterInner::Local { .. } => {
+                let staged = self.stage().await?;
+                let size = staged.size();
+                let key = staged.key().clone();
+                let pending = tokio::task::spawn_blocking(move || staged.publish())
+                    .await
+                    .map_err(|e| StoreError::io(key.as_ref(), join_error(e)))??;
+                return Ok((size, pending));
             }
             WriterInner::Buffered { buf, store, .. } => {
                 let opts = PutOptions {
@@ -818,7 +844,54 @@ impl ObjectWriter {
                 copied?;
             }
         }
-        Ok((self.written, pending))
+        Ok((self.written, PendingSync::default()))
+    }
+
+    /// Whether the object goes to a local directory, where it is
+    /// [staged](ObjectWriter::stage) and linked into place by the caller's
+    /// group commit; other backends publish in [`ObjectWriter::commit_deferred`].
+    pub fn is_local(&self) -> bool {
+        matches!(self.inner, WriterInner::Local { .. })
+    }
+
+    /// Local writes only: writes what is left to the staging file and
+    /// fsyncs it, in one blocking call, without giving it its name yet.
+    /// [`StagedObject::publish`] links it into place. Other backends are
+    /// refused: they have no staging file ([`ObjectWriter::is_local`]).
+    pub async fn stage(self) -> Result<StagedObject, StoreError> {
+        let WriterInner::Local {
+            file,
+            pending: gathered,
+            tmp,
+            dest,
+            root,
+            durable_dirs,
+        } = self.inner
+        else {
+            return Err(StoreError::io(
+                self.key.as_ref(),
+                std::io::Error::other("only local writes are staged"),
+            ));
+        };
+        let staged = tmp.clone();
+        tokio::task::spawn_blocking(move || {
+            let synced = append_local(file, &tmp, &gathered, &[]).and_then(|f| f.sync_all());
+            if let Err(e) = synced {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(StoreError::io(&tmp, e));
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| StoreError::io(&staged, join_error(e)))??;
+        Ok(StagedObject {
+            key: self.key,
+            tmp: staged,
+            dest,
+            root,
+            durable_dirs,
+            size: self.written,
+        })
     }
 
     /// Abandons the write; nothing becomes visible.
@@ -948,6 +1021,59 @@ mod tests {
         assert!(!pending.is_empty(), "a new directory chain needs syncs");
         store.sync_dirs(&pending).unwrap();
         assert_eq!(store.get(&key).await.unwrap(), Bytes::from_static(b"abc"));
+    }
+
+    /// A staged object is invisible until published; publishing onto an
+    /// existing name refuses without replacing it and leaves no staging
+    /// file; a discarded one leaves nothing.
+    #[tokio::test]
+    async fn staged_objects_are_linked_create_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&StoreConfig::default(), dir.path())
+            .await
+            .unwrap();
+        let staging_files = || {
+            std::fs::read_dir(dir.path().join("staging"))
+                .unwrap()
+                .count()
+        };
+        let key = Path::from("segments/s/main/2026/01/01/10/a.cseg");
+        let stage = |bytes: &'static [u8]| {
+            let (store, key) = (store.clone(), key.clone());
+            async move {
+                let mut w = store.writer(&key).await.unwrap();
+                assert!(w.is_local());
+                w.write(bytes).await.unwrap();
+                w.stage().await.unwrap()
+            }
+        };
+        let first = stage(b"first").await;
+        assert_eq!(first.size(), 5);
+        assert!(matches!(
+            store.head(&key).await,
+            Err(StoreError::NotFound { .. })
+        ));
+        let second = stage(b"other bytes").await;
+        assert_eq!(staging_files(), 2);
+        let pending = first.publish().unwrap();
+        store.sync_dirs(&pending).unwrap();
+        assert!(matches!(
+            second.publish(),
+            Err(StoreError::AlreadyExists { .. })
+        ));
+        assert_eq!(store.get(&key).await.unwrap(), Bytes::from_static(b"first"));
+        assert_eq!(
+            staging_files(),
+            0,
+            "publishing or refusing removes the staging file"
+        );
+        stage(b"dropped").await.discard();
+        assert_eq!(staging_files(), 0);
+        // Other backends publish while uploading and have nothing to stage.
+        let mem = Store::memory();
+        let w = mem.writer(&key).await.unwrap();
+        assert!(!w.is_local());
+        assert!(w.stage().await.is_err());
     }
 
     #[tokio::test]
