@@ -8,6 +8,7 @@
 //! index sync for many segments instead of one each, and an upload makes
 //! one thread hop (its staging write and fsync) besides the round.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 
@@ -22,6 +23,13 @@ use crate::ServerError;
 
 /// Most segments committed in one round.
 const MAX_ROUND: usize = 512;
+
+/// Longest a round waits for uploads that are writing their staging file
+/// (an fsync, typically under a millisecond) before it starts without
+/// them, as PostgreSQL's `commit_delay` waits only when other transactions
+/// are active. With nothing staging, a round starts at once, so a lone
+/// upload never waits.
+const GATHER_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// How a round gets an upload's object under its name.
 pub(crate) enum Publish {
@@ -61,6 +69,19 @@ pub(crate) struct Committer {
 struct Inner {
     tx: std::sync::Mutex<Option<mpsc::SyncSender<Request>>>,
     thread: std::sync::Mutex<Option<thread::JoinHandle<()>>>,
+    /// Uploads writing their staging file, about to join a round.
+    staging: Arc<AtomicUsize>,
+}
+
+/// An upload writing its staging file: rounds starting meanwhile wait for
+/// it (up to [`GATHER_WAIT`]). Counted until dropped or handed to
+/// [`Committer::commit`].
+pub(crate) struct Staging(Arc<AtomicUsize>);
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Drop for Inner {
@@ -83,6 +104,8 @@ impl Committer {
     ) -> Result<Committer, ServerError> {
         let (tx, rx) = mpsc::sync_channel::<Request>(4 * MAX_ROUND);
         let runtime = tokio::runtime::Handle::current();
+        let staging = Arc::new(AtomicUsize::new(0));
+        let gather = staging.clone();
         let thread = thread::Builder::new()
             .name("custody-commit".into())
             .spawn(move || {
@@ -90,15 +113,23 @@ impl Committer {
                     cluster: &*cluster,
                     runtime,
                 };
-                run(&store, &catalog, &retention, &journal, rx)
+                run(&store, &catalog, &retention, &journal, &gather, rx)
             })
             .map_err(|e| ServerError::Internal(format!("starting the commit thread: {e}")))?;
         Ok(Committer {
             inner: Arc::new(Inner {
                 tx: std::sync::Mutex::new(Some(tx)),
                 thread: std::sync::Mutex::new(Some(thread)),
+                staging,
             }),
         })
+    }
+
+    /// Counts an upload as staging until the guard is dropped or given to
+    /// [`Committer::commit`].
+    pub(crate) fn staging(&self) -> Staging {
+        self.inner.staging.fetch_add(1, Ordering::SeqCst);
+        Staging(self.inner.staging.clone())
     }
 
     /// Makes `rec`'s object durable under its name and indexes it; returns
@@ -107,7 +138,11 @@ impl Committer {
         &self,
         rec: SegmentRecord,
         publish: Publish,
+        staging: Option<Staging>,
     ) -> Result<Committed, ServerError> {
+        // Uncounted before it is queued: a round never waits for an upload
+        // already in the queue.
+        drop(staging);
         let (done, wait) = oneshot::channel();
         let tx = self
             .inner
@@ -158,12 +193,26 @@ fn run(
     catalog: &Catalog,
     retention: &Retention,
     journal: &Journal<'_>,
+    staging: &AtomicUsize,
     rx: mpsc::Receiver<Request>,
 ) {
     while let Ok(first) = rx.recv() {
         let mut round = vec![first];
+        let deadline = std::time::Instant::now() + GATHER_WAIT;
         while round.len() < MAX_ROUND {
             match rx.try_recv() {
+                Ok(r) => {
+                    round.push(r);
+                    continue;
+                }
+                Err(mpsc::TryRecvError::Disconnected) => break,
+                Err(mpsc::TryRecvError::Empty) => {}
+            }
+            if staging.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
                 Ok(r) => round.push(r),
                 Err(_) => break,
             }

@@ -242,12 +242,13 @@ impl Node {
             sha256: footer.sha256,
             finish_sha256: None,
         };
-        let (stored_size, publish) = if writer.is_local() {
+        let (stored_size, publish, staging) = if writer.is_local() {
+            let staging = self.committer.staging();
             let staged = writer.stage().await?;
-            (staged.size(), Publish::Staged(staged))
+            (staged.size(), Publish::Staged(staged), Some(staging))
         } else {
             match writer.commit_deferred().await {
-                Ok((size, _)) => (size, Publish::Published),
+                Ok((size, _)) => (size, Publish::Published, None),
                 Err(StoreError::AlreadyExists { .. }) => {
                     self.catalog.remove_pending(&id)?;
                     return self.answer_existing(&header, &key, received).await;
@@ -274,7 +275,7 @@ impl Node {
             expires_at: None,
         };
         // Durable name and index entry, group-committed with other uploads.
-        let rec = match self.committer.commit(rec, publish).await? {
+        let rec = match self.committer.commit(rec, publish, staging).await? {
             Committed::Indexed(rec) => *rec,
             Committed::Exists => return self.answer_existing(&header, &key, received).await,
         };
@@ -321,10 +322,8 @@ impl Node {
         if let Some(rec) = self.catalog.get(id)? {
             return Ok(Some(rec));
         }
-        match self.store.head(key).await {
-            Ok(_) => {}
-            Err(StoreError::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        if !self.store.exists(key).await? {
+            return Ok(None);
         }
         warn!(segment = %id, key = %key, "segment stored but not indexed: indexing it from the store");
         let rec = self.index_object(key).await.map_err(|e| match e {

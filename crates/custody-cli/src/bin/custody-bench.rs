@@ -163,6 +163,11 @@ struct Args {
     /// (as separate recorders would open) instead of one shared connection.
     #[arg(long)]
     connection_per_upload: bool,
+    /// Rounds per scenario: gRPC and raw writes alternate this many times
+    /// and the table gives medians (this VM's disk varies 2-3x between
+    /// back-to-back runs; a ratio from one pair is noise).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 #[derive(clap::Args)]
@@ -240,6 +245,80 @@ impl Row {
     fn sps(&self) -> f64 {
         self.segments as f64 / self.elapsed.as_secs_f64()
     }
+}
+
+/// Medians of several rounds of one scenario, latencies pooled.
+struct Summary {
+    mbps: f64,
+    sps: f64,
+    p50: f64,
+    p99: f64,
+}
+
+impl Summary {
+    fn of(rows: &mut [Row]) -> Summary {
+        let mut pooled = Latencies::default();
+        for r in rows.iter_mut() {
+            pooled.0.append(&mut r.latencies.0);
+        }
+        Summary {
+            mbps: median(&mut rows.iter().map(Row::mbps).collect::<Vec<_>>()),
+            sps: median(&mut rows.iter().map(Row::sps).collect::<Vec<_>>()),
+            p50: pooled.pct(0.5),
+            p99: pooled.pct(0.99),
+        }
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// What one core does per second of the node's per-byte work (sealing with
+/// AES-256-GCM and hashing with SHA-256, as an upload is stored) and of the
+/// client's (SHA-256 alone), in MB/s: the ceiling the ingest figures are
+/// read against.
+fn crypto_floor() -> Result<(f64, f64)> {
+    use custody_core::{CameraId, MediaType, SegmentId, StreamName};
+    use custody_crypto::{Encryptor, Kek, KeyId, SegmentMeta};
+    use sha2::{Digest, Sha256};
+
+    let mut piece = vec![0u8; 1 << 20];
+    rand::thread_rng().fill_bytes(&mut piece);
+    let pieces = 64;
+    let camera = CameraId::parse("floor")?;
+    let stream = StreamName::main();
+    let start = Timestamp::parse_rfc3339("2026-01-01T00:00:00Z")?;
+    let meta = SegmentMeta {
+        segment_id: SegmentId::derive(&camera, &stream, start, 0),
+        camera,
+        stream,
+        range: TimeRange::new(start, start.saturating_add_nanos(6_000_000_000))?,
+        sequence: 0,
+        media_type: MediaType::parse("video/mp2t")?,
+        created: start,
+    };
+    let kek = Kek::new(KeyId::parse("floor")?, [7; 32]);
+    let (mut enc, _) = Encryptor::new(&kek, &meta, custody_crypto::DEFAULT_CHUNK_SIZE)?;
+    let mut out = Vec::with_capacity(piece.len() + 4096);
+    let t = Instant::now();
+    for _ in 0..pieces {
+        out.clear();
+        enc.update_into(&piece, &mut out);
+    }
+    let seal = (pieces * piece.len()) as f64 / 1e6 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut h = Sha256::new();
+    for _ in 0..pieces {
+        h.update(&piece);
+    }
+    std::hint::black_box(h.finalize());
+    let hash = (pieces * piece.len()) as f64 / 1e6 / t.elapsed().as_secs_f64();
+    Ok((seal, hash))
 }
 
 /// Uploads `count` segments of `size` random bytes, `concurrency` at a
@@ -827,8 +906,18 @@ async fn ingest_bench(args: Args) -> Result<()> {
             ClientMode::InProcess => " (client included)",
         }
     );
+    let (seal, hash) = crypto_floor()?;
     println!(
-        "{:<26} {:>6} {:>8} {:>9} {:>9} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "per core: sealing + hashing (AES-256-GCM + SHA-256, the node's work per byte) {seal:.0} MB/s, \
+         SHA-256 alone (the client's) {hash:.0} MB/s"
+    );
+    println!(
+        "{} rounds per scenario, gRPC and raw alternating; MB/s, seg/s and CPU are medians, \
+         vs raw is the median of the rounds' ratios (min-max), latencies are over all rounds",
+        args.rounds.max(1)
+    );
+    println!(
+        "{:<26} {:>6} {:>8} {:>9} {:>9} {:>17} {:>9} {:>9} {:>9} {:>9} {:>10}",
         "scenario",
         "flight",
         "segments",
@@ -844,58 +933,77 @@ async fn ingest_bench(args: Args) -> Result<()> {
     let mut cam_no = 0;
     for (size, label) in [(3_000_000usize, "3mb"), (128 * 1024, "128k")] {
         for &flight in &args.in_flight {
-            cam_no += 1;
             let count = (args.bytes / size as u64).max(flight as u64);
-            let cam = format!("bench-{label}-{flight}-{cam_no}");
-            let cpu0 = cpu_secs();
-            let mut g = match args.client {
-                ClientMode::InProcess => {
-                    grpc_ingest(std::slice::from_ref(&client), size, count, flight, &cam).await?
-                }
-                ClientMode::Process => {
-                    let addr = addr.clone();
-                    // Blocking wait off the runtime threads the node serves on.
-                    tokio::task::spawn_blocking(move || {
-                        let conns = if args.connection_per_upload {
-                            flight
-                        } else {
-                            1
-                        };
-                        grpc_ingest_process(&addr, size, count, flight, &cam, conns)
-                    })
-                    .await??
-                }
-            };
-            let node_cpu = cpu_secs() - cpu0;
+            let mut grpc_rows = Vec::new();
+            let mut raw_rows = Vec::new();
+            let mut node_cpus = Vec::new();
+            for round in 0..args.rounds.max(1) {
+                cam_no += 1;
+                let cam = format!("bench-{label}-{flight}-{cam_no}");
+                let cpu0 = cpu_secs();
+                let g = match args.client {
+                    ClientMode::InProcess => {
+                        grpc_ingest(std::slice::from_ref(&client), size, count, flight, &cam)
+                            .await?
+                    }
+                    ClientMode::Process => {
+                        let addr = addr.clone();
+                        // Blocking wait off the runtime threads the node serves on.
+                        tokio::task::spawn_blocking(move || {
+                            let conns = if args.connection_per_upload {
+                                flight
+                            } else {
+                                1
+                            };
+                            grpc_ingest_process(&addr, size, count, flight, &cam, conns)
+                        })
+                        .await??
+                    }
+                };
+                node_cpus.push(cpu_secs() - cpu0);
+                grpc_rows.push(g);
+                // Raw files stay until the end: deleting them here would
+                // leave thousands of just-freed inodes that ext4 without a
+                // journal skips one by one on the next creations (its
+                // `recently_deleted` check), for both sides.
+                let raw_dir = args.dir.join(format!("raw-{size}-{flight}-{round}"));
+                raw_rows.push(raw_writes(&raw_dir, size, count, flight)?);
+            }
             let rss = rss_mib();
-            let raw_dir = args.dir.join(format!("raw-{size}-{flight}"));
-            let mut r = raw_writes(&raw_dir, size, count, flight)?;
-            let _ = std::fs::remove_dir_all(&raw_dir);
+            let ratios: Vec<f64> = grpc_rows
+                .iter()
+                .zip(&raw_rows)
+                .map(|(g, r)| g.mbps() / r.mbps())
+                .collect();
+            let g = Summary::of(&mut grpc_rows);
+            let r = Summary::of(&mut raw_rows);
+            let mut client_cpus: Vec<f64> = grpc_rows.iter().filter_map(|g| g.client_cpu).collect();
             println!(
-                "{:<26} {:>6} {:>8} {:>9.1} {:>9.1} {:>7.2}x {:>9.2} {:>9.2} {:>9.0} {:>8.2}s {:>10}",
-                g.name,
+                "{:<26} {:>6} {:>8} {:>9.1} {:>9.1} {:>17} {:>9.2} {:>9.2} {:>9.0} {:>8.2}s {:>10}",
+                grpc_rows[0].name,
                 flight,
-                g.segments,
-                g.mbps(),
-                g.sps(),
-                g.mbps() / r.mbps(),
-                g.latencies.pct(0.5),
-                g.latencies.pct(0.99),
+                count,
+                g.mbps,
+                g.sps,
+                format!(
+                    "{:.2}x ({:.2}-{:.2})",
+                    median(&mut ratios.clone()),
+                    ratios.iter().cloned().fold(f64::INFINITY, f64::min),
+                    ratios.iter().cloned().fold(0.0, f64::max)
+                ),
+                g.p50,
+                g.p99,
                 rss,
-                node_cpu,
-                g.client_cpu.map_or_else(|| "-".into(), |c| format!("{c:.2}s"))
+                median(&mut node_cpus),
+                if client_cpus.is_empty() {
+                    "-".to_string()
+                } else {
+                    format!("{:.2}s", median(&mut client_cpus))
+                }
             );
             println!(
-                "{:<26} {:>6} {:>8} {:>9.1} {:>9.1} {:>8} {:>9.2} {:>9.2} {:>9}",
-                r.name,
-                flight,
-                r.segments,
-                r.mbps(),
-                r.sps(),
-                "1.00x",
-                r.latencies.pct(0.5),
-                r.latencies.pct(0.99),
-                ""
+                "{:<26} {:>6} {:>8} {:>9.1} {:>9.1} {:>17} {:>9.2} {:>9.2} {:>9}",
+                raw_rows[0].name, flight, count, r.mbps, r.sps, "1.00x", r.p50, r.p99, ""
             );
         }
     }
