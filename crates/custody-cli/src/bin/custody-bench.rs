@@ -975,7 +975,8 @@ async fn ingest_bench(args: Args) -> Result<()> {
                 raw_rows.push(raw_writes(&raw_dir, size, count, flight)?);
             }
             for round in 0..args.rounds.max(1) {
-                let _ = std::fs::remove_dir_all(args.dir.join(format!("raw-{size}-{flight}-{round}")));
+                let _ =
+                    std::fs::remove_dir_all(args.dir.join(format!("raw-{size}-{flight}-{round}")));
             }
             let rss = rss_mib();
             let ratios: Vec<f64> = grpc_rows
@@ -1145,7 +1146,14 @@ async fn city(client: &Client, args: &Args) -> Result<()> {
     );
     println!(
         "{:>8} {:>14} {:>9} {:>9} {:>9} {:>11} {:>11} {:>9}",
-        "cameras", "real-time eq.", "seg/s", "p50 ms", "p99 ms", "raw p50 ms", "raw p99 ms", "RSS MiB"
+        "cameras",
+        "real-time eq.",
+        "seg/s",
+        "p50 ms",
+        "p99 ms",
+        "raw p50 ms",
+        "raw p99 ms",
+        "RSS MiB"
     );
     let mut best = 0u64;
     let mut n = 8u64;
