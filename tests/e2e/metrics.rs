@@ -235,6 +235,13 @@ fn counters_move_by_exactly_the_traffic_sent_and_only_where_and_for_whom_allowed
     );
     assert_eq!(delta("custody_ingest_duration_seconds_count", &cams), 3.0);
     assert_eq!(delta("custody_ingest_duplicates_total", &cams), 0.0);
+    // Each stored segment was acknowledged by exactly one group-commit round.
+    assert_eq!(delta("custody_commit_round_segments_sum", &[]), 3.0);
+    let rounds = delta("custody_commit_round_duration_seconds_count", &[]);
+    assert!(
+        (1.0..=3.0).contains(&rounds),
+        "{rounds} rounds for 3 segments"
+    );
     assert_eq!(delta("custody_read_duration_seconds_count", &ops), 1.0);
     assert_eq!(
         delta(

@@ -11,18 +11,24 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
+use std::time::Instant;
 
 use custody_catalog::{Catalog, SegmentRecord};
 use custody_store::{PendingSync, StagedObject, Store, StoreError};
 use tokio::sync::oneshot;
-use tracing::error;
+use tracing::{error, warn};
 
 use crate::cluster::{ClusterLink, JournalEntryV1};
+use crate::metrics::CommitStats;
 use crate::retention::{index_records, Retention};
 use crate::ServerError;
 
 /// Most segments committed in one round.
 const MAX_ROUND: usize = 512;
+
+/// Rounds slower than this are logged with the step that took the time
+/// (they show as `custody_commit_round_duration_seconds` too).
+const SLOW_ROUND: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Longest a round waits for uploads that are writing their staging file
 /// (an fsync, typically under a millisecond) before it starts without
@@ -101,6 +107,7 @@ impl Committer {
         catalog: Catalog,
         retention: Arc<Retention>,
         cluster: Arc<dyn ClusterLink>,
+        stats: CommitStats,
     ) -> Result<Committer, ServerError> {
         let (tx, rx) = mpsc::sync_channel::<Request>(4 * MAX_ROUND);
         let runtime = tokio::runtime::Handle::current();
@@ -113,7 +120,7 @@ impl Committer {
                     cluster: &*cluster,
                     runtime,
                 };
-                run(&store, &catalog, &retention, &journal, &gather, rx)
+                run(&store, &catalog, &retention, &journal, &gather, &stats, rx)
             })
             .map_err(|e| ServerError::Internal(format!("starting the commit thread: {e}")))?;
         Ok(Committer {
@@ -194,11 +201,12 @@ fn run(
     retention: &Retention,
     journal: &Journal<'_>,
     staging: &AtomicUsize,
+    stats: &CommitStats,
     rx: mpsc::Receiver<Request>,
 ) {
     while let Ok(first) = rx.recv() {
         let mut round = vec![first];
-        let deadline = std::time::Instant::now() + GATHER_WAIT;
+        let deadline = Instant::now() + GATHER_WAIT;
         while round.len() < MAX_ROUND {
             match rx.try_recv() {
                 Ok(r) => {
@@ -211,12 +219,14 @@ fn run(
             if staging.load(Ordering::SeqCst) == 0 {
                 break;
             }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(r) => round.push(r),
                 Err(_) => break,
             }
         }
+        let started = Instant::now();
+        let segments = round.len();
         let (recs, waiters, sync) = match publish_round(catalog, round) {
             Some(published) => published,
             None => continue,
@@ -224,11 +234,25 @@ fn run(
         if recs.is_empty() {
             continue;
         }
-        let result = store
-            .sync_dirs(&sync)
-            .map_err(ServerError::from)
+        let linked = started.elapsed();
+        let synced = store.sync_dirs(&sync).map_err(ServerError::from);
+        let dirs_synced = started.elapsed();
+        let result = synced
             .and_then(|()| journal.publish(&recs))
             .and_then(|()| index_records(catalog, retention, recs));
+        let took = started.elapsed();
+        stats.round_seconds.observe(took.as_secs_f64());
+        stats.round_segments.observe(segments as f64);
+        if took >= SLOW_ROUND {
+            // Every upload of the round waited this long: name the step.
+            warn!(
+                segments,
+                link_ms = linked.as_millis() as u64,
+                directory_sync_ms = (dirs_synced - linked).as_millis() as u64,
+                journal_and_index_ms = (took - dirs_synced).as_millis() as u64,
+                "slow group-commit round: the disk took long to sync"
+            );
+        }
         match result {
             Ok(recs) => {
                 for (w, rec) in waiters.into_iter().zip(recs) {

@@ -124,6 +124,25 @@ impl AuditStats {
     }
 }
 
+/// The group commit's figures, shared between the commit thread and the
+/// registry.
+#[derive(Clone, Debug)]
+pub(crate) struct CommitStats {
+    /// Seconds per round (links, directory syncs, journal, synced index batch).
+    pub(crate) round_seconds: Histogram,
+    /// Segments per round.
+    pub(crate) round_segments: Histogram,
+}
+
+impl Default for CommitStats {
+    fn default() -> Self {
+        CommitStats {
+            round_seconds: latency(),
+            round_segments: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+        }
+    }
+}
+
 /// A node's metrics. Cheap to clone; clones share everything.
 #[derive(Clone)]
 pub(crate) struct Metrics {
@@ -164,7 +183,12 @@ struct Inner {
 impl Metrics {
     /// The registry of a node opened with `config`, whose audit writer
     /// reports into `audit`.
-    pub(crate) fn new(config: &ServerConfig, audit: &AuditStats, now_unix: i64) -> Metrics {
+    pub(crate) fn new(
+        config: &ServerConfig,
+        audit: &AuditStats,
+        commit: &CommitStats,
+        now_unix: i64,
+    ) -> Metrics {
         let mut r = Registry::default();
         let hist = || HistogramFamily::new_with_constructor(latency as fn() -> Histogram);
         let inner = Inner {
@@ -305,6 +329,17 @@ impl Metrics {
             "custody_audit_queue_depth",
             "Requests waiting for the audit writer",
             i.audit_queue.clone(),
+        );
+        r.register(
+            "custody_commit_round_duration_seconds",
+            "Time of one group-commit round: linking its objects, syncing their directories, \
+             journaling and the synced index batch (every upload of the round waits for it)",
+            commit.round_seconds.clone(),
+        );
+        r.register(
+            "custody_commit_round_segments",
+            "Segments acknowledged together by one group-commit round",
+            commit.round_segments.clone(),
         );
         r.register(
             "custody_audit_flush_duration_seconds",
@@ -599,7 +634,12 @@ mod tests {
 
     #[test]
     fn only_complete_sweeps_move_the_lag_forward() {
-        let m = Metrics::new(&ServerConfig::default(), &AuditStats::default(), 1000);
+        let m = Metrics::new(
+            &ServerConfig::default(),
+            &AuditStats::default(),
+            &CommitStats::default(),
+            1000,
+        );
         assert_eq!(m.sweep_lag(1100), 100, "before any sweep: since the start");
         m.swept(1500, Ok((3, false)), 1600);
         assert_eq!(m.sweep_lag(1700), 200);

@@ -227,11 +227,13 @@ impl Node {
             Some(m) => m.clone(),
             None => Arc::new(Solo),
         };
+        let commit_stats = crate::metrics::CommitStats::default();
         let committer = Committer::start(
             store.clone(),
             catalog.clone(),
             retention.clone(),
             cluster.clone(),
+            commit_stats.clone(),
         )?;
         let (audit, resumed) = AuditLog::start(
             store.clone(),
@@ -245,7 +247,12 @@ impl Node {
                 .unwrap_or_default(),
         )
         .await?;
-        let metrics = crate::metrics::Metrics::new(config, audit.stats(), clock.now().to_parts().0);
+        let metrics = crate::metrics::Metrics::new(
+            config,
+            audit.stats(),
+            &commit_stats,
+            clock.now().to_parts().0,
+        );
         let node = Node {
             store,
             catalog,
