@@ -47,7 +47,7 @@ async fn upload(
         })),
     }];
     msgs.extend(data.chunks(256 * 1024).map(|c| pb::PutSegmentRequest {
-        part: Some(Part::Chunk(c.to_vec())),
+        part: Some(Part::Chunk(bytes::Bytes::copy_from_slice(c))),
     }));
     msgs.push(pb::PutSegmentRequest {
         part: Some(Part::Finish(pb::SegmentFinish {

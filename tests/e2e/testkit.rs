@@ -438,7 +438,7 @@ pub(crate) fn header(camera: &str, start: Timestamp, end: Timestamp) -> pb::PutS
 
 pub(crate) fn chunk(b: &[u8]) -> pb::PutSegmentRequest {
     pb::PutSegmentRequest {
-        part: Some(Part::Chunk(b.to_vec())),
+        part: Some(Part::Chunk(bytes::Bytes::copy_from_slice(b))),
     }
 }
 

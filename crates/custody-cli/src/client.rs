@@ -340,12 +340,17 @@ impl Client {
         data: Vec<u8>,
     ) -> Result<pb::PutSegmentResponse, ClientError> {
         let sha: [u8; 32] = Sha256::digest(&data).into();
+        // Pieces are slices of one buffer, not copies.
+        let data = bytes::Bytes::from(data);
         self.with_fitting_chunks(|chunk| {
             let mut msgs = vec![header_msg(u, Some(data.len() as u64))];
-            for c in data.chunks(chunk) {
+            let mut at = 0;
+            while at < data.len() {
+                let end = (at + chunk).min(data.len());
                 msgs.push(pb::PutSegmentRequest {
-                    part: Some(Part::Chunk(c.to_vec())),
+                    part: Some(Part::Chunk(data.slice(at..end))),
                 });
+                at = end;
             }
             msgs.push(finish_msg(sha));
             let mut ingest = self.ingest();
@@ -398,7 +403,7 @@ impl Client {
                 h.update(&buf);
                 if tx
                     .send(pb::PutSegmentRequest {
-                        part: Some(Part::Chunk(buf)),
+                        part: Some(Part::Chunk(buf.into())),
                     })
                     .await
                     .is_err()

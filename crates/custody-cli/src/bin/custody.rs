@@ -370,7 +370,7 @@ fn is_stdout(output: &Path) -> bool {
 /// `PATH.partial` file renamed into place when complete, removed on any failure.
 async fn write_stream<S>(s: S, output: &Path) -> Result<u64>
 where
-    S: futures::Stream<Item = Result<Vec<u8>, tonic::Status>> + Unpin,
+    S: futures::Stream<Item = Result<bytes::Bytes, tonic::Status>> + Unpin,
 {
     if is_stdout(output) {
         return copy_to_stdout(s).await;
@@ -400,7 +400,7 @@ where
 
 async fn copy_to_stdout<S>(mut s: S) -> Result<u64>
 where
-    S: futures::Stream<Item = Result<Vec<u8>, tonic::Status>> + Unpin,
+    S: futures::Stream<Item = Result<bytes::Bytes, tonic::Status>> + Unpin,
 {
     let mut n = 0u64;
     while let Some(piece) = s.next().await {
@@ -416,7 +416,7 @@ where
 
 async fn copy_stream<S, W>(mut s: S, out: &mut W, name: &str) -> Result<u64>
 where
-    S: futures::Stream<Item = Result<Vec<u8>, tonic::Status>> + Unpin,
+    S: futures::Stream<Item = Result<bytes::Bytes, tonic::Status>> + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
 {
     let mut n = 0u64;

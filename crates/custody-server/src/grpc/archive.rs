@@ -146,7 +146,7 @@ impl ArchiveApi {
             // Nothing to read (empty segment or empty range): the info alone.
             let only = pb::ReadSegmentResponse {
                 info: Some(info),
-                data: Vec::new(),
+                data: bytes::Bytes::new(),
             };
             return Ok(Response::new(Box::pin(futures::stream::iter([Ok(only)]))));
         }
@@ -156,7 +156,7 @@ impl ArchiveApi {
             let data = b?;
             Ok(pb::ReadSegmentResponse {
                 info: info.take(),
-                data: data.to_vec(),
+                data,
             })
         });
         Ok(Response::new(Box::pin(out)))
@@ -223,7 +223,7 @@ impl ArchiveApi {
             let data = b?;
             Ok(pb::ExportClipResponse {
                 segments: infos.take().unwrap_or_default(),
-                data: data.to_vec(),
+                data,
             })
         });
         Ok(Response::new(Box::pin(out)))

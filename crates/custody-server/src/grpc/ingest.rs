@@ -115,7 +115,7 @@ impl IngestApi {
         let parts = idle_limited(stream, idle).map(move |m| match m {
             Ok(pb::PutSegmentRequest {
                 part: Some(Part::Chunk(b)),
-            }) => Ok(IngestPart::Chunk(b.into())),
+            }) => Ok(IngestPart::Chunk(b)),
             Ok(pb::PutSegmentRequest {
                 part: Some(Part::Finish(f)),
             }) => Ok(IngestPart::Finish {
