@@ -468,12 +468,24 @@ fn http_put_empty(host: &str, target: &str) -> std::io::Result<u16> {
         .ok_or_else(|| std::io::Error::other(format!("bad status line {head:?}")))
 }
 
+/// A port nothing listens on now, never handed out before in this test
+/// process: the kernel may give a just-released port to the next `bind(0)`,
+/// and these ports are bound later, by other processes (two servers of one
+/// cluster, or of two tests running at once, once got the same port).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 fn create() -> PutOptions {

@@ -129,10 +129,21 @@ impl Drop for Proc {
     }
 }
 
+/// A port nothing listens on now and not handed out before by this
+/// process: the kernel may give a just-released port to the next `bind(0)`,
+/// and the servers bind theirs later.
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
 }
 
 /// Waits until something listens on loopback `port`, or fails with the
