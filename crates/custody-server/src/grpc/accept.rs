@@ -24,6 +24,9 @@ use crate::audit::AuditEvent;
 use crate::{ListenerTls, Node, ServerError};
 use custody_audit::Outcome;
 
+/// Pause after a failed accept (out of descriptors and the like) before
+/// the next one.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 /// How long a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshake refusals are written to the audit chain once per window, one
@@ -76,14 +79,29 @@ pub(super) fn server_config(
     Ok(config)
 }
 
-/// Plain connections with `TCP_NODELAY` set.
-pub(super) fn plain(listener: TcpListener) -> impl Stream<Item = io::Result<TcpStream>> {
-    futures::stream::unfold(listener, |listener| async move {
-        let item = match listener.accept().await {
-            Ok((stream, _)) => stream.set_nodelay(true).map(|()| stream),
-            Err(e) => Err(e),
-        };
-        Some((item, listener))
+/// Plain connections with `TCP_NODELAY` set. A failed accept (out of
+/// descriptors and the like) is logged and retried after a pause, as on
+/// mutual-TLS listeners, rather than retried at once in a busy loop.
+pub(super) fn plain(
+    listener: TcpListener,
+    name: String,
+) -> impl Stream<Item = io::Result<TcpStream>> {
+    futures::stream::unfold(listener, move |listener| {
+        let name = name.clone();
+        async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        let item = stream.set_nodelay(true).map(|()| stream);
+                        return Some((item, listener));
+                    }
+                    Err(e) => {
+                        warn!(listener = name, error = %e, "accept failed");
+                        tokio::time::sleep(ACCEPT_RETRY).await;
+                    }
+                }
+            }
+        }
     })
 }
 
@@ -110,7 +128,7 @@ pub(super) fn tls(
                 Err(e) => {
                     // Out of descriptors and the like: say so, keep accepting.
                     warn!(listener = name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(ACCEPT_RETRY).await;
                     continue;
                 }
             };
@@ -275,7 +293,7 @@ mod tests {
     async fn accepted_plain_sockets_have_nodelay() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut incoming = Box::pin(plain(listener));
+        let mut incoming = Box::pin(plain(listener, "test".into()));
         let client = TcpStream::connect(addr).await.unwrap();
         let server_side = incoming.next().await.unwrap().unwrap();
         assert!(

@@ -263,7 +263,10 @@ pub async fn serve(
                 }
                 None => {
                     router
-                        .serve_with_incoming_shutdown(accept::plain(b.listener), stopped)
+                        .serve_with_incoming_shutdown(
+                            accept::plain(b.listener, name.clone()),
+                            stopped,
+                        )
                         .await
                 }
             };
