@@ -110,8 +110,9 @@ impl Encryptor {
 
     /// Like [`Encryptor::update`], appending the sealed chunks to `out`
     /// (sized once for all of them).
+    /// Each piece of `data` is hashed as it is sealed or held back, while
+    /// it is in cache: one pass over memory, not two.
     pub fn update_into(&mut self, mut data: &[u8], out: &mut Vec<u8>) {
-        self.hasher.update(data);
         self.plaintext_len += data.len() as u64;
         let cs = self.chunk_size;
         let sealed = (self.buf.len() + data.len()).saturating_sub(1) / cs;
@@ -125,11 +126,13 @@ impl Encryptor {
             if self.buf.is_empty() && data.len() > cs {
                 // A whole chunk with more after it: seal straight from the input.
                 let (chunk, rest) = data.split_at(cs);
+                self.hasher.update(chunk);
                 self.sealer.seal(out, chunk, FLAG_DATA);
                 data = rest;
                 continue;
             }
             let take = (cs - self.buf.len()).min(data.len());
+            self.hasher.update(&data[..take]);
             self.buf.extend_from_slice(&data[..take]);
             data = &data[take..];
         }
