@@ -514,9 +514,7 @@ impl DurableDirs {
         let mut unique: Vec<&PathBuf> = dirs.iter().collect();
         unique.sort();
         unique.dedup();
-        for d in &unique {
-            sync_dir(d)?;
-        }
+        sync_dirs_concurrently(&unique)?;
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         if known.len() > Self::MAX {
             known.clear();
@@ -536,6 +534,51 @@ impl DurableDirs {
 
 fn sync_dir(dir: &FsPath) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// Most directory fsyncs one group commit has in flight at once.
+const DIR_SYNC_THREADS: usize = 16;
+
+/// Fsyncs every directory in `dirs`, up to [`DIR_SYNC_THREADS`] at a time.
+/// A round of segments from many cameras touches as many directories; one
+/// after the other they would cost one disk round trip each, where the
+/// disk serves them together (as it serves concurrent writers' fsyncs).
+/// Returns the first error after every sync has finished.
+fn sync_dirs_concurrently(dirs: &[&PathBuf]) -> std::io::Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    if dirs.len() <= 1 {
+        return dirs.iter().try_for_each(|d| sync_dir(d));
+    }
+    let next = AtomicUsize::new(0);
+    let worker = || -> std::io::Result<()> {
+        let mut first_error = Ok(());
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(dir) = dirs.get(i) else {
+                return first_error;
+            };
+            if let Err(e) = sync_dir(dir) {
+                if first_error.is_ok() {
+                    first_error = Err(e);
+                }
+            }
+        }
+    };
+    std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..dirs.len().min(DIR_SYNC_THREADS))
+            .map(|_| scope.spawn(worker))
+            .collect();
+        let mut result = worker();
+        for h in helpers {
+            let r = h
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("directory sync thread panicked")));
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    })
 }
 
 /// Directory syncs a committed local object still needs before it is
