@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use custody_core::{CameraId, SegmentId, StreamName, TimeRange, Timestamp};
 use rocksdb::{
@@ -68,7 +68,7 @@ fn expiry_key(at: Timestamp, id: &SegmentId) -> [u8; 24] {
     k
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct CameraCounts {
     segments: u64,
     bytes: u64,
@@ -115,6 +115,11 @@ pub struct Catalog {
     db: Arc<DB>,
     /// Serialises read-modify-write of camera counts.
     counts_lock: Arc<Mutex<()>>,
+    /// The `cameras` column family in memory, loaded on first use: camera
+    /// listings, query bounds and "is this camera known" read it without
+    /// touching RocksDB. Changed only after a write of the column family
+    /// succeeded, under `counts_lock`, so it never runs ahead of the disk.
+    cameras: Arc<RwLock<Option<BTreeMap<CameraId, CameraCounts>>>>,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -179,6 +184,7 @@ impl Catalog {
         Ok(Catalog {
             db: Arc::new(db),
             counts_lock: Arc::new(Mutex::new(())),
+            cameras: Arc::default(),
         })
     }
 
@@ -362,6 +368,7 @@ impl Catalog {
             b.put_cf(self.cf(CF_CAMERAS), camera.as_str().as_bytes(), encode(c));
         }
         self.db.write_opt(b, &sync_opts())?;
+        self.remember_counts(counts);
         Ok(added)
     }
 
@@ -432,14 +439,61 @@ impl Catalog {
             }
         }
         self.db.write_opt(b, &sync_opts())?;
+        self.remember_counts(counts);
         Ok(removed)
     }
 
     fn counts(&self, camera: &CameraId) -> Result<CameraCounts, CatalogError> {
-        let k = camera.as_str().as_bytes();
-        match self.db.get_cf(self.cf(CF_CAMERAS), k)? {
-            Some(v) => decode(k, &v),
-            None => Ok(CameraCounts::default()),
+        self.with_cameras(|all| all.get(camera).cloned().unwrap_or_default())
+    }
+
+    /// Runs `f` over every camera's counts, loading them from the `cameras`
+    /// column family on first use.
+    fn with_cameras<T>(
+        &self,
+        f: impl FnOnce(&BTreeMap<CameraId, CameraCounts>) -> T,
+    ) -> Result<T, CatalogError> {
+        {
+            let loaded = self.cameras.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(all) = loaded.as_ref() {
+                return Ok(f(all));
+            }
+        }
+        let mut loaded = self.cameras.write().unwrap_or_else(|p| p.into_inner());
+        if loaded.is_none() {
+            let mut all = BTreeMap::new();
+            for item in self
+                .db
+                .iterator_cf(self.cf(CF_CAMERAS), IteratorMode::Start)
+            {
+                let (k, v) = item?;
+                let counts: CameraCounts = decode(&k, &v)?;
+                let camera = CameraId::parse(&String::from_utf8_lossy(&k)).map_err(|e| {
+                    CatalogError::Corrupt {
+                        key: hex_of(&k),
+                        reason: e.to_string(),
+                    }
+                })?;
+                all.insert(camera, counts);
+            }
+            *loaded = Some(all);
+        }
+        Ok(f(loaded.as_ref().map_or(&BTreeMap::new(), |all| all)))
+    }
+
+    /// Takes counts just written to the `cameras` column family into
+    /// memory (a camera without segments is gone). Call with `counts_lock`
+    /// held, after the write succeeded.
+    fn remember_counts(&self, counts: BTreeMap<CameraId, CameraCounts>) {
+        let mut loaded = self.cameras.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(all) = loaded.as_mut() {
+            for (camera, c) in counts {
+                if c.segments == 0 {
+                    all.remove(&camera);
+                } else {
+                    all.insert(camera, c);
+                }
+            }
         }
     }
 
@@ -461,49 +515,33 @@ impl Catalog {
 
     /// Whether the camera has any segment.
     pub fn has_camera(&self, camera: &CameraId) -> Result<bool, CatalogError> {
-        Ok(self
-            .db
-            .get_cf(self.cf(CF_CAMERAS), camera.as_str().as_bytes())?
-            .is_some())
+        self.with_cameras(|all| all.contains_key(camera))
     }
 
-    /// Every camera with its summary, by id.
+    /// Every camera with its summary, by id (from memory: no scan).
     pub fn cameras(&self) -> Result<Vec<CameraSummary>, CatalogError> {
-        let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(CF_CAMERAS), IteratorMode::Start)
-        {
-            let (k, v) = item?;
-            let counts: CameraCounts = decode(&k, &v)?;
-            let camera = CameraId::parse(&String::from_utf8_lossy(&k)).map_err(|e| {
-                CatalogError::Corrupt {
-                    key: hex_of(&k),
-                    reason: e.to_string(),
-                }
-            })?;
-            let first = counts
-                .streams
-                .values()
-                .map(|s| s.first_start)
-                .min()
-                .unwrap_or(Timestamp::MAX);
-            let last = counts
-                .streams
-                .values()
-                .map(|s| s.last_end)
-                .max()
-                .unwrap_or(Timestamp::MIN);
-            out.push(CameraSummary {
-                camera,
-                segments: counts.segments,
-                bytes: counts.bytes,
-                first_start: first,
-                last_end: last,
-                streams: counts.streams.into_keys().collect(),
-            });
-        }
-        Ok(out)
+        self.with_cameras(|all| {
+            all.iter()
+                .map(|(camera, counts)| CameraSummary {
+                    camera: camera.clone(),
+                    segments: counts.segments,
+                    bytes: counts.bytes,
+                    first_start: counts
+                        .streams
+                        .values()
+                        .map(|s| s.first_start)
+                        .min()
+                        .unwrap_or(Timestamp::MAX),
+                    last_end: counts
+                        .streams
+                        .values()
+                        .map(|s| s.last_end)
+                        .max()
+                        .unwrap_or(Timestamp::MIN),
+                    streams: counts.streams.keys().cloned().collect(),
+                })
+                .collect()
+        })
     }
 
     /// The first (or last) segment under `prefix` whose key is not in `except`.
@@ -1031,5 +1069,63 @@ mod tests {
         assert!(c.expired(Timestamp::MAX, None, 10).unwrap().is_empty());
         assert!(c.cameras().unwrap().is_empty());
         assert!(!c.has_camera(&r1.camera).unwrap());
+    }
+
+    /// The summaries kept in memory (loaded before the changes, then
+    /// updated by them) are what the column family says after a reopen.
+    #[test]
+    fn summaries_in_memory_match_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let cams = |c: &Catalog| {
+            c.cameras()
+                .unwrap()
+                .into_iter()
+                .map(|s| {
+                    (
+                        s.camera.to_string(),
+                        s.segments,
+                        s.bytes,
+                        s.first_start,
+                        s.last_end,
+                        s.streams,
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let recs: Vec<_> = (0..30)
+            .map(|i| {
+                rec(
+                    &format!("cam-{}", i % 4),
+                    ["main", "sub"][i % 2],
+                    i as i64 * 6,
+                    6,
+                    0,
+                )
+            })
+            .collect();
+        let in_memory = {
+            let c = Catalog::open(dir.path()).unwrap();
+            c.put_segments(&recs[..10]).unwrap();
+            assert_eq!(cams(&c).len(), 4); // loaded here; changed from now on
+            c.put_segments(&recs[10..]).unwrap();
+            c.put_segment(&rec("cam-9", "main", 0, 6, 0)).unwrap();
+            // Every segment of cam-1 and the first and last of cam-2.
+            let gone: Vec<_> = recs
+                .iter()
+                .filter(|r| r.camera.as_str() == "cam-1")
+                .chain([&recs[2], &recs[26]])
+                .map(|r| r.segment_id)
+                .collect();
+            c.delete_segments(&gone).unwrap();
+            assert!(!c.has_camera(&CameraId::parse("cam-1").unwrap()).unwrap());
+            assert!(c.has_camera(&CameraId::parse("cam-9").unwrap()).unwrap());
+            cams(&c)
+        };
+        let reopened = Catalog::open(dir.path()).unwrap();
+        assert_eq!(in_memory, cams(&reopened));
+        assert_eq!(
+            in_memory.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(),
+            ["cam-0", "cam-2", "cam-3", "cam-9"]
+        );
     }
 }
