@@ -76,6 +76,44 @@ struct CameraCounts {
     streams: BTreeMap<StreamName, StreamSpan>,
 }
 
+/// One camera's summary as the catalog holds it in memory (see
+/// [`Catalog::map_cameras`]).
+#[derive(Debug, Clone, Copy)]
+pub struct CameraView<'a> {
+    /// Camera id.
+    pub camera: &'a CameraId,
+    counts: &'a CameraCounts,
+}
+
+impl CameraView<'_> {
+    /// Number of segments.
+    pub fn segments(&self) -> u64 {
+        self.counts.segments
+    }
+
+    /// Plaintext bytes.
+    pub fn bytes(&self) -> u64 {
+        self.counts.bytes
+    }
+
+    /// Earliest segment start (`Timestamp::MAX` with no stream).
+    pub fn first_start(&self) -> Timestamp {
+        let starts = self.counts.streams.values().map(|s| s.first_start);
+        starts.min().unwrap_or(Timestamp::MAX)
+    }
+
+    /// Latest segment end (`Timestamp::MIN` with no stream).
+    pub fn last_end(&self) -> Timestamp {
+        let ends = self.counts.streams.values().map(|s| s.last_end);
+        ends.max().unwrap_or(Timestamp::MIN)
+    }
+
+    /// Streams seen, by name.
+    pub fn streams(&self) -> impl Iterator<Item = &StreamName> {
+        self.counts.streams.keys()
+    }
+}
+
 /// What the catalog keeps per camera stream so that listing cameras and
 /// bounding a query need no scan.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -520,26 +558,26 @@ impl Catalog {
 
     /// Every camera with its summary, by id (from memory: no scan).
     pub fn cameras(&self) -> Result<Vec<CameraSummary>, CatalogError> {
+        self.map_cameras(|c| CameraSummary {
+            camera: c.camera.clone(),
+            segments: c.segments(),
+            bytes: c.bytes(),
+            first_start: c.first_start(),
+            last_end: c.last_end(),
+            streams: c.streams().cloned().collect(),
+        })
+    }
+
+    /// `f` of every camera's summary, by id, borrowed from memory: a caller
+    /// that needs only a few fields (a listing answering thousands of
+    /// cameras) copies only those.
+    pub fn map_cameras<T>(
+        &self,
+        mut f: impl FnMut(CameraView<'_>) -> T,
+    ) -> Result<Vec<T>, CatalogError> {
         self.with_cameras(|all| {
             all.iter()
-                .map(|(camera, counts)| CameraSummary {
-                    camera: camera.clone(),
-                    segments: counts.segments,
-                    bytes: counts.bytes,
-                    first_start: counts
-                        .streams
-                        .values()
-                        .map(|s| s.first_start)
-                        .min()
-                        .unwrap_or(Timestamp::MAX),
-                    last_end: counts
-                        .streams
-                        .values()
-                        .map(|s| s.last_end)
-                        .max()
-                        .unwrap_or(Timestamp::MIN),
-                    streams: counts.streams.keys().cloned().collect(),
-                })
+                .map(|(camera, counts)| f(CameraView { camera, counts }))
                 .collect()
         })
     }

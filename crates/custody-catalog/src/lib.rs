@@ -10,6 +10,6 @@ mod catalog;
 mod error;
 mod record;
 
-pub use catalog::{Catalog, CatalogState, SegmentPage, SCHEMA_VERSION};
+pub use catalog::{CameraView, Catalog, CatalogState, SegmentPage, SCHEMA_VERSION};
 pub use error::CatalogError;
 pub use record::{CameraSummary, SegmentRecord};

@@ -537,9 +537,10 @@ fn catch_up<L: Clone + std::hash::Hash + Eq>(family: &Family<L, Counter>, label:
 /// The node's metrics in the OpenMetrics text format, gauges read now.
 pub(crate) async fn render(node: &Node) -> Result<String, ServerError> {
     let catalog = node.catalog.clone();
-    let cameras = tokio::task::spawn_blocking(move || catalog.cameras())
-        .await
-        .map_err(|e| ServerError::Internal(format!("metrics: {e}")))??;
+    let cameras =
+        tokio::task::spawn_blocking(move || catalog.map_cameras(|c| (c.segments(), c.bytes())))
+            .await
+            .map_err(|e| ServerError::Internal(format!("metrics: {e}")))??;
     let holds = node.holds(false).await.len();
     let denials = node.denials.snapshot();
     let now = node.clock.now().to_parts().0;
@@ -547,9 +548,9 @@ pub(crate) async fn render(node: &Node) -> Result<String, ServerError> {
     let _one = m.scrape.lock().unwrap_or_else(|p| p.into_inner());
     m.catalog_cameras.set(cameras.len() as i64);
     m.catalog_segments
-        .set(cameras.iter().map(|c| c.segments).sum::<u64>() as i64);
+        .set(cameras.iter().map(|c| c.0).sum::<u64>() as i64);
     m.catalog_bytes
-        .set(cameras.iter().map(|c| c.bytes).sum::<u64>() as i64);
+        .set(cameras.iter().map(|c| c.1).sum::<u64>() as i64);
     m.holds_active.set(holds as i64);
     for ((listener, reason), n) in denials {
         catch_up(&m.refusals, &ByReason { listener, reason }, n);

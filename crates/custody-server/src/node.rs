@@ -190,7 +190,7 @@ impl Node {
             url => url.strip_prefix("file://").map(std::path::PathBuf::from),
         };
         if let Some(root) = local_root {
-            let indexed = catalog.cameras()?.iter().map(|c| c.segments).sum::<u64>();
+            let indexed = catalog.map_cameras(|c| c.segments())?.iter().sum::<u64>();
             if indexed > 0 && !root.exists() {
                 return Err(ServerError::FailedPrecondition(format!(
                     "store directory {} is missing but the catalog indexes {indexed} segments: is the disk mounted? \

@@ -73,17 +73,14 @@ impl ArchiveApi {
         let cameras = self
             .node
             .catalog()
-            .cameras()
-            .map_err(ServerError::from)?
-            .into_iter()
-            .map(|c| pb::CameraInfo {
-                camera_id: c.camera.to_string(),
-                segments: c.segments,
-                size_bytes: c.bytes,
-                first_start: Some(to_proto_ts(c.first_start)),
-                last_end: Some(to_proto_ts(c.last_end)),
+            .map_cameras(|c| pb::CameraInfo {
+                camera_id: c.camera.as_str().to_owned(),
+                segments: c.segments(),
+                size_bytes: c.bytes(),
+                first_start: Some(to_proto_ts(c.first_start())),
+                last_end: Some(to_proto_ts(c.last_end())),
             })
-            .collect();
+            .map_err(ServerError::from)?;
         Ok(Response::new(pb::ListCamerasResponse { cameras }))
     }
 

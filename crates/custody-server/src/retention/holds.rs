@@ -123,12 +123,7 @@ impl Node {
     /// The cameras a hold names: its list, or every camera the catalog knows.
     pub(crate) fn hold_cameras(&self, hold: &Hold) -> Result<Vec<CameraId>, ServerError> {
         Ok(match &hold.cameras {
-            HoldCameras::All => self
-                .catalog
-                .cameras()?
-                .into_iter()
-                .map(|c| c.camera)
-                .collect(),
+            HoldCameras::All => self.catalog.map_cameras(|c| c.camera.clone())?,
             HoldCameras::List(l) => l.clone(),
         })
     }

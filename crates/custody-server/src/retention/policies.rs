@@ -37,8 +37,8 @@ impl Node {
     pub(super) fn recompute_expiry(&self) -> Result<u64, ServerError> {
         let mut changed = 0;
         let mut batch = Vec::with_capacity(EXPIRY_BATCH);
-        for cam in self.catalog.cameras()? {
-            for rec in self.catalog.camera_segments(&cam.camera)? {
+        for camera in self.catalog.map_cameras(|c| c.camera.clone())? {
+            for rec in self.catalog.camera_segments(&camera)? {
                 let at = self.expiry_of(&rec.camera, rec.range.end());
                 if at != rec.expires_at {
                     batch.push((rec.segment_id, at));
