@@ -1,8 +1,9 @@
 //! Group commit of ingests: uploads that finished writing their objects at
 //! about the same time share one round, as databases share a log flush. A
 //! round records the write intents of its staged local objects in one
-//! batch, links the objects into place, fsyncs each directory it touched
-//! once, journals the round (in a cluster) and indexes it in one synced
+//! batch, links the objects into place (all at once: each link waits on
+//! the file system, and the disk serves them together), fsyncs each
+//! directory it touched once, journals the round (in a cluster) and indexes it in one synced
 //! RocksDB batch. A segment is acknowledged only after its round completed
 //! (invariant 5), so under load the disk pays one directory sync and one
 //! index sync for many segments instead of one each, and an upload makes
@@ -305,26 +306,45 @@ fn publish_round(
             return None;
         }
     }
-    let mut sync = PendingSync::default();
-    let mut recs = Vec::with_capacity(round.len());
-    let mut waiters = Vec::with_capacity(round.len());
-    let mut refused = Vec::new();
+    // Every staged object of the round is linked at once, then the
+    // uploads are answered in their order.
+    let mut staged = Vec::new();
+    let mut rest = Vec::with_capacity(round.len());
     for r in round {
-        if let Publish::Staged(staged) = r.publish {
-            match staged.publish() {
-                Ok(dirs) => sync.merge(dirs),
-                Err(e) => {
-                    refused.push(r.rec.segment_id);
-                    let _ = r.done.send(match e {
-                        StoreError::AlreadyExists { .. } => Ok(Committed::Exists),
-                        other => Err(other.into()),
-                    });
-                    continue;
+        match r.publish {
+            Publish::Staged(s) => {
+                staged.push(s);
+                rest.push((r.rec, r.done, true));
+            }
+            Publish::Published => rest.push((r.rec, r.done, false)),
+        }
+    }
+    let mut published = StagedObject::publish_all(staged).into_iter();
+    let mut sync = PendingSync::default();
+    let mut recs = Vec::with_capacity(rest.len());
+    let mut waiters = Vec::with_capacity(rest.len());
+    let mut refused = Vec::new();
+    for (rec, done, was_staged) in rest {
+        if was_staged {
+            let refusal = match published.next() {
+                Some(Ok(dirs)) => {
+                    sync.merge(dirs);
+                    None
                 }
+                Some(Err(StoreError::AlreadyExists { .. })) => Some(Ok(Committed::Exists)),
+                Some(Err(other)) => Some(Err(other.into())),
+                None => Some(Err(ServerError::Internal(
+                    "the round lost a publish result".into(),
+                ))),
+            };
+            if let Some(answer) = refusal {
+                refused.push(rec.segment_id);
+                let _ = done.send(answer);
+                continue;
             }
         }
-        recs.push(r.rec);
-        waiters.push(r.done);
+        recs.push(rec);
+        waiters.push(done);
     }
     if !refused.is_empty() {
         if let Err(e) = catalog.remove_pendings(&refused) {

@@ -83,13 +83,21 @@ impl From<object_store::ObjectMeta> for ObjectInfo {
 }
 
 enum Backend {
-    /// A local directory: writes go through a staging file, fsync and a
-    /// hard link into place (which fails if the name exists).
+    /// A local directory: an upload is written to a file without a name
+    /// (`O_TMPFILE`) in its object's directory, or to a named staging file
+    /// where the file system has none, fsynced, then linked into place
+    /// (which fails if the name exists).
     Local {
         root: PathBuf,
         staging: PathBuf,
         /// Directories whose entry in their parent is known durable.
         durable_dirs: Arc<DurableDirs>,
+        /// Removes the staging names of published objects.
+        reaper: Arc<StagingReaper>,
+        /// Whether uploads are written as files without a name
+        /// (`O_TMPFILE`) where the file system allows; else as named
+        /// staging files.
+        anonymous_files: bool,
     },
     /// Anything else: create-only PUTs, or parts staged then copied create-only.
     Remote { single_put_max: usize },
@@ -177,6 +185,15 @@ impl Store {
     }
 
     async fn open_local(root: PathBuf, staging: PathBuf, url: String) -> Result<Store, StoreError> {
+        Self::open_local_with(root, staging, url, true).await
+    }
+
+    async fn open_local_with(
+        root: PathBuf,
+        staging: PathBuf,
+        url: String,
+        anonymous_files: bool,
+    ) -> Result<Store, StoreError> {
         tokio::fs::create_dir_all(&root)
             .await
             .map_err(|e| StoreError::io(&root, e))?;
@@ -197,6 +214,8 @@ impl Store {
                 root,
                 staging,
                 durable_dirs: Arc::new(DurableDirs::default()),
+                reaper: Arc::new(StagingReaper::start()),
+                anonymous_files,
             }),
             url,
         })
@@ -253,17 +272,22 @@ impl Store {
                 root,
                 staging,
                 durable_dirs,
+                reaper,
+                anonymous_files,
             } => {
                 // The staging file is created by the first blocking write,
                 // not here: one thread hop less per object.
                 let tmp = staging.join(format!("{}.tmp", unique_suffix()));
                 WriterInner::Local {
-                    file: LocalFile::Unopened,
+                    file: LocalFile::Unopened {
+                        anonymous: *anonymous_files,
+                    },
                     pending: Vec::new(),
                     tmp,
                     dest: root.join(key.as_ref()),
                     root: root.clone(),
                     durable_dirs: durable_dirs.clone(),
+                    reaper: reaper.clone(),
                 }
             }
             Backend::Remote { single_put_max } => WriterInner::Buffered {
@@ -286,13 +310,16 @@ impl Store {
                 root,
                 staging,
                 durable_dirs,
+                reaper,
+                ..
             } => {
                 let tmp = staging.join(format!("{}.tmp", unique_suffix()));
                 let dest = root.join(key.as_ref());
                 let root = root.clone();
                 let durable_dirs = durable_dirs.clone();
+                let reaper = reaper.clone();
                 tokio::task::spawn_blocking(move || {
-                    write_durable_local(&tmp, &dest, &root, &durable_dirs, &bytes)
+                    write_durable_local(&tmp, &dest, &root, &durable_dirs, &reaper, &bytes)
                 })
                 .await
                 .map_err(|e| StoreError::io(key.as_ref(), std::io::Error::other(e)))?
@@ -445,6 +472,7 @@ fn write_durable_local(
     dest: &FsPath,
     root: &FsPath,
     durable_dirs: &DurableDirs,
+    reaper: &StagingReaper,
     bytes: &[u8],
 ) -> std::io::Result<()> {
     use std::io::Write;
@@ -452,22 +480,24 @@ fn write_durable_local(
     f.write_all(bytes)?;
     f.sync_all()?;
     drop(f);
-    let dirs = match publish_local(tmp, dest, root, durable_dirs) {
+    let dirs = match publish_local(LinkSource::Named(tmp), dest, root, durable_dirs) {
         Ok(d) => d,
         Err(e) => {
             let _ = std::fs::remove_file(tmp);
             return Err(e);
         }
     };
+    reaper.remove(tmp.to_path_buf());
     durable_dirs.sync(&dirs)
 }
 
 /// Links a synced staging file into place, never replacing an existing
-/// object (`link(2)` fails with `EEXIST`). Returns the directories whose
+/// object (`link(2)` fails with `EEXIST`); the staging name stays, for the
+/// caller to give to the [`StagingReaper`]. Returns the directories whose
 /// fsync makes the link durable: its own, and the parent of every ancestor
 /// not yet known durable (one another writer may have just created).
 fn publish_local(
-    tmp: &FsPath,
+    source: LinkSource<'_>,
     dest: &FsPath,
     root: &FsPath,
     durable_dirs: &DurableDirs,
@@ -475,9 +505,16 @@ fn publish_local(
     let parent = dest
         .parent()
         .ok_or_else(|| std::io::Error::other("object key has no parent directory"))?;
-    std::fs::create_dir_all(parent)?;
-    std::fs::hard_link(tmp, dest)?;
-    std::fs::remove_file(tmp)?;
+    match source {
+        LinkSource::Named(tmp) => {
+            // Usually made when the object was staged; a sweep may have
+            // removed it since, if it emptied.
+            std::fs::create_dir_all(parent)?;
+            std::fs::hard_link(tmp, dest)?;
+        }
+        // Its directory holds it already (the file was made in it).
+        LinkSource::Anonymous(file) => link_anonymous(file, dest)?,
+    }
     let mut dirs = vec![parent.to_path_buf()];
     let mut d = parent;
     while d != root && !durable_dirs.contains(d) {
@@ -490,6 +527,51 @@ fn publish_local(
         }
     }
     Ok(dirs)
+}
+
+/// What [`publish_local`] links into place.
+enum LinkSource<'a> {
+    /// A staging file, by its name.
+    Named(&'a FsPath),
+    /// A file without a name (`O_TMPFILE`), in the object's directory.
+    Anonymous(&'a std::fs::File),
+}
+
+/// Creates a file without a name in `dir` (`O_TMPFILE`): nothing to name in
+/// a shared staging directory and nothing to unlink later, so concurrent
+/// uploads do not queue on one directory's lock and the file system does
+/// not hunt for free inodes among just-deleted ones. Fails with
+/// [`std::io::ErrorKind::Unsupported`] where the file system has no
+/// `O_TMPFILE` (the caller then uses a named staging file).
+fn create_anonymous(dir: &FsPath) -> std::io::Result<std::fs::File> {
+    use rustix::fs::{openat, Mode, OFlags, CWD};
+    match openat(
+        CWD,
+        dir,
+        OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
+        Mode::RUSR | Mode::WUSR,
+    ) {
+        Ok(fd) => Ok(std::fs::File::from(fd)),
+        // Kernels or file systems without O_TMPFILE.
+        Err(
+            e
+            @ (rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR | rustix::io::Errno::INVAL),
+        ) => Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            std::io::Error::from(e),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Gives an anonymous file the name `dest` (`linkat` through
+/// `/proc/self/fd`, as open(2) documents for `O_TMPFILE`); fails with
+/// `EEXIST`, replacing nothing, if the name is taken.
+fn link_anonymous(file: &std::fs::File, dest: &FsPath) -> std::io::Result<()> {
+    use rustix::fs::{linkat, AtFlags, CWD};
+    use std::os::fd::AsRawFd;
+    let from = format!("/proc/self/fd/{}", file.as_raw_fd());
+    linkat(CWD, from.as_str(), CWD, dest, AtFlags::SYMLINK_FOLLOW).map_err(std::io::Error::from)
 }
 
 /// Directories known to be durably linked into their parents, so a commit
@@ -545,40 +627,44 @@ const DIR_SYNC_THREADS: usize = 16;
 /// disk serves them together (as it serves concurrent writers' fsyncs).
 /// Returns the first error after every sync has finished.
 fn sync_dirs_concurrently(dirs: &[&PathBuf]) -> std::io::Result<()> {
+    run_concurrently(dirs, |d| sync_dir(d))
+        .into_iter()
+        .collect()
+}
+
+/// Runs `f` on every item, up to [`DIR_SYNC_THREADS`] at a time (the
+/// calling thread is one of them); results are in the items' order.
+fn run_concurrently<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    if dirs.len() <= 1 {
-        return dirs.iter().try_for_each(|d| sync_dir(d));
+    if items.len() <= 1 {
+        return items.iter().map(f).collect();
     }
     let next = AtomicUsize::new(0);
-    let worker = || -> std::io::Result<()> {
-        let mut first_error = Ok(());
+    let worker = || -> Vec<(usize, R)> {
+        let mut done = Vec::new();
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(dir) = dirs.get(i) else {
-                return first_error;
+            let Some(item) = items.get(i) else {
+                return done;
             };
-            if let Err(e) = sync_dir(dir) {
-                if first_error.is_ok() {
-                    first_error = Err(e);
-                }
-            }
+            done.push((i, f(item)));
         }
     };
-    std::thread::scope(|scope| {
-        let helpers: Vec<_> = (1..dirs.len().min(DIR_SYNC_THREADS))
+    let mut all: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..items.len().min(DIR_SYNC_THREADS))
             .map(|_| scope.spawn(worker))
             .collect();
-        let mut result = worker();
+        let mut all = worker();
         for h in helpers {
-            let r = h
-                .join()
-                .unwrap_or_else(|_| Err(std::io::Error::other("directory sync thread panicked")));
-            if result.is_ok() {
-                result = r;
+            match h.join() {
+                Ok(done) => all.extend(done),
+                Err(panic) => std::panic::resume_unwind(panic),
             }
         }
-        result
-    })
+        all
+    });
+    all.sort_by_key(|(i, _)| *i);
+    all.into_iter().map(|(_, r)| r).collect()
 }
 
 /// Directory syncs a committed local object still needs before it is
@@ -610,8 +696,12 @@ pub struct StagedObject {
     key: Path,
     tmp: PathBuf,
     dest: PathBuf,
+    /// The synced file, when it has no name yet (`O_TMPFILE`): `tmp` is
+    /// then unused, and a crash leaves nothing behind.
+    anonymous: Option<std::fs::File>,
     root: PathBuf,
     durable_dirs: Arc<DurableDirs>,
+    reaper: Arc<StagingReaper>,
     size: u64,
 }
 
@@ -631,10 +721,19 @@ impl StagedObject {
     /// Returns the directory syncs that make the name durable. Blocking:
     /// call from a blocking thread (the group commit's).
     pub fn publish(self) -> Result<PendingSync, StoreError> {
-        match publish_local(&self.tmp, &self.dest, &self.root, &self.durable_dirs) {
-            Ok(dirs) => Ok(PendingSync { dirs }),
+        let source = match &self.anonymous {
+            Some(file) => LinkSource::Anonymous(file),
+            None => LinkSource::Named(&self.tmp),
+        };
+        match publish_local(source, &self.dest, &self.root, &self.durable_dirs) {
+            Ok(dirs) => {
+                if self.anonymous.is_none() {
+                    self.reaper.remove(self.tmp);
+                }
+                Ok(PendingSync { dirs })
+            }
             Err(e) => {
-                let _ = std::fs::remove_file(&self.tmp);
+                self.discard_staging();
                 Err(match e.kind() {
                     std::io::ErrorKind::AlreadyExists => StoreError::AlreadyExists {
                         key: self.key.to_string(),
@@ -647,7 +746,110 @@ impl StagedObject {
 
     /// Removes the staging file; nothing becomes visible. Blocking.
     pub fn discard(self) {
-        let _ = std::fs::remove_file(&self.tmp);
+        self.discard_staging();
+    }
+
+    fn discard_staging(&self) {
+        // An anonymous file goes when its descriptor closes.
+        if self.anonymous.is_none() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+
+    /// [Publishes](StagedObject::publish) every object at once: each link
+    /// waits for the file system's journal like any metadata change, and
+    /// the disk serves them together. Results are in the order given.
+    /// Blocking.
+    pub fn publish_all(objects: Vec<StagedObject>) -> Vec<Result<PendingSync, StoreError>> {
+        let slots: Vec<std::sync::Mutex<Option<StagedObject>>> = objects
+            .into_iter()
+            .map(|o| std::sync::Mutex::new(Some(o)))
+            .collect();
+        run_concurrently(&slots, |slot| {
+            match slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                Some(o) => o.publish(),
+                None => Err(StoreError::io(
+                    "publish",
+                    std::io::Error::other("staged object published twice"),
+                )),
+            }
+        })
+    }
+}
+
+/// Removes the staging names of objects already linked into place, on a
+/// thread of its own: an unlink waits for the file system's journal like
+/// any metadata change, and no acknowledgement needs to wait for it. A
+/// name a crash leaves behind goes with the staging directory at startup
+/// (the object keeps its own name: only a link count drops).
+#[derive(Debug)]
+struct StagingReaper {
+    tx: Option<std::sync::mpsc::Sender<Reap>>,
+}
+
+/// Work for the [`StagingReaper`]'s thread.
+#[derive(Debug)]
+enum Reap {
+    /// Remove this staging name.
+    Remove(PathBuf),
+    /// Answer once every earlier name is removed (tests).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+impl StagingReaper {
+    /// Starts the thread; if it cannot start, names are removed inline.
+    fn start() -> StagingReaper {
+        let (tx, rx) = std::sync::mpsc::channel::<Reap>();
+        let started = std::thread::Builder::new()
+            .name("custody-staging-reaper".into())
+            .spawn(move || {
+                for work in rx {
+                    match work {
+                        Reap::Remove(tmp) => remove_staging_name(&tmp),
+                        Reap::Flush(done) => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            });
+        match started {
+            Ok(_) => StagingReaper { tx: Some(tx) },
+            Err(e) => {
+                tracing::warn!(error = %e, "no staging reaper thread: staging names are removed inline");
+                StagingReaper { tx: None }
+            }
+        }
+    }
+
+    /// Removes `tmp` soon.
+    fn remove(&self, tmp: PathBuf) {
+        let Some(tx) = &self.tx else {
+            return remove_staging_name(&tmp);
+        };
+        // The thread gone, the name is removed here.
+        if let Err(std::sync::mpsc::SendError(Reap::Remove(tmp))) = tx.send(Reap::Remove(tmp)) {
+            remove_staging_name(&tmp);
+        }
+    }
+
+    /// Waits until every name given so far is removed.
+    #[cfg(test)]
+    fn flush(&self) {
+        if let Some(tx) = &self.tx {
+            let (done, wait) = std::sync::mpsc::sync_channel(1);
+            if tx.send(Reap::Flush(done)).is_ok() {
+                let _ = wait.recv();
+            }
+        }
+    }
+}
+
+fn remove_staging_name(tmp: &FsPath) {
+    if let Err(e) = std::fs::remove_file(tmp) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %tmp.display(), error = %e, "removing a staging name failed; it goes at the next start");
+        }
     }
 }
 
@@ -656,19 +858,40 @@ const LOCAL_WRITE_BATCH: usize = 1024 * 1024;
 
 /// The staging file of a local write.
 enum LocalFile {
-    /// Not created yet (nothing written to disk).
-    Unopened,
-    Open(std::fs::File),
+    /// Not created yet (nothing written to disk); `anonymous`: try a file
+    /// without a name first.
+    Unopened { anonymous: bool },
+    /// Being written: without a name in the object's directory
+    /// (`anonymous`), or as a named staging file.
+    Open {
+        file: std::fs::File,
+        anonymous: bool,
+    },
     /// A blocking write failed or was cancelled: the write cannot go on.
     Broken,
 }
 
 impl LocalFile {
-    /// The open file, creating it on first use.
-    fn open(self, tmp: &FsPath) -> std::io::Result<std::fs::File> {
+    /// The open file, creating it on first use: without a name in the
+    /// object's directory where the file system allows, else as the
+    /// staging file `tmp`.
+    fn open(self, tmp: &FsPath, dest: &FsPath) -> std::io::Result<(std::fs::File, bool)> {
         match self {
-            LocalFile::Open(f) => Ok(f),
-            LocalFile::Unopened => std::fs::File::create_new(tmp),
+            LocalFile::Open { file, anonymous } => Ok((file, anonymous)),
+            LocalFile::Unopened { anonymous } => {
+                if let Some(dir) = dest.parent() {
+                    std::fs::create_dir_all(dir)?;
+                    if !anonymous {
+                        return Ok((std::fs::File::create_new(tmp)?, false));
+                    }
+                    match create_anonymous(dir) {
+                        Ok(file) => return Ok((file, true)),
+                        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok((std::fs::File::create_new(tmp)?, false))
+            }
             LocalFile::Broken => Err(std::io::Error::other(
                 "an earlier write to this staging file failed",
             )),
@@ -680,14 +903,15 @@ impl LocalFile {
 fn append_local(
     file: LocalFile,
     tmp: &FsPath,
+    dest: &FsPath,
     pending: &[u8],
     data: &[u8],
-) -> std::io::Result<std::fs::File> {
+) -> std::io::Result<(std::fs::File, bool)> {
     use std::io::Write;
-    let mut f = file.open(tmp)?;
+    let (mut f, anonymous) = file.open(tmp, dest)?;
     f.write_all(pending)?;
     f.write_all(data)?;
-    Ok(f)
+    Ok((f, anonymous))
 }
 
 fn join_error(e: tokio::task::JoinError) -> std::io::Error {
@@ -701,6 +925,7 @@ async fn write_local<T, F>(
     file: &mut LocalFile,
     pending: &mut Vec<u8>,
     tmp: &FsPath,
+    dest: &FsPath,
     produce: F,
 ) -> Result<(T, u64), StoreError>
 where
@@ -709,15 +934,16 @@ where
 {
     let f = std::mem::replace(file, LocalFile::Broken);
     let gathered = std::mem::take(pending);
-    let path = tmp.to_path_buf();
+    let (path, dest_path) = (tmp.to_path_buf(), dest.to_path_buf());
     let (value, n, result) = tokio::task::spawn_blocking(move || {
         let (value, data) = produce();
-        let result = append_local(f, &path, &gathered, &data);
+        let result = append_local(f, &path, &dest_path, &gathered, &data);
         (value, data.len() as u64, result)
     })
     .await
     .map_err(|e| StoreError::io(tmp, join_error(e)))?;
-    *file = LocalFile::Open(result.map_err(|e| StoreError::io(tmp, e))?);
+    let (f, anonymous) = result.map_err(|e| StoreError::io(tmp, e))?;
+    *file = LocalFile::Open { file: f, anonymous };
     Ok((value, n))
 }
 
@@ -731,6 +957,7 @@ enum WriterInner {
         dest: PathBuf,
         root: PathBuf,
         durable_dirs: Arc<DurableDirs>,
+        reaper: Arc<StagingReaper>,
     },
     /// Small so far: held in memory for one create-only PUT.
     Buffered {
@@ -760,13 +987,17 @@ impl ObjectWriter {
     /// `LOCAL_WRITE_BATCH` bytes, then written on a blocking thread.
     pub async fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
         if let WriterInner::Local {
-            file, pending, tmp, ..
+            file,
+            pending,
+            tmp,
+            dest,
+            ..
         } = &mut self.inner
         {
             pending.extend_from_slice(data);
             self.written += data.len() as u64;
             if pending.len() >= LOCAL_WRITE_BATCH {
-                write_local(file, pending, tmp, || ((), Vec::new())).await?;
+                write_local(file, pending, tmp, dest, || ((), Vec::new())).await?;
             }
             return Ok(());
         }
@@ -825,10 +1056,14 @@ impl ObjectWriter {
         T: Send + 'static,
     {
         if let WriterInner::Local {
-            file, pending, tmp, ..
+            file,
+            pending,
+            tmp,
+            dest,
+            ..
         } = &mut self.inner
         {
-            let (value, n) = write_local(file, pending, tmp, produce).await?;
+            let (value, n) = write_local(file, pending, tmp, dest, produce).await?;
             self.written += n;
             return Ok(value);
         }
@@ -927,6 +1162,7 @@ impl ObjectWriter {
             dest,
             root,
             durable_dirs,
+            reaper,
         } = self.inner
         else {
             return Err(StoreError::io(
@@ -935,13 +1171,18 @@ impl ObjectWriter {
             ));
         };
         let staged = tmp.clone();
-        tokio::task::spawn_blocking(move || {
-            let synced = append_local(file, &tmp, &gathered, &[]).and_then(|f| f.sync_all());
-            if let Err(e) = synced {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(StoreError::io(&tmp, e));
+        let target = dest.clone();
+        let anonymous = tokio::task::spawn_blocking(move || {
+            let synced = append_local(file, &tmp, &target, &gathered, &[])
+                .and_then(|(f, anonymous)| f.sync_all().map(|()| (f, anonymous)));
+            match synced {
+                Ok((f, true)) => Ok(Some(f)),
+                Ok((_, false)) => Ok(None),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    Err(StoreError::io(&tmp, e))
+                }
             }
-            Ok(())
         })
         .await
         .map_err(|e| StoreError::io(&staged, join_error(e)))??;
@@ -949,8 +1190,10 @@ impl ObjectWriter {
             key: self.key,
             tmp: staged,
             dest,
+            anonymous,
             root,
             durable_dirs,
+            reaper,
             size: self.written,
         })
     }
@@ -959,8 +1202,18 @@ impl ObjectWriter {
     pub async fn abort(self) {
         match self.inner {
             WriterInner::Local { file, tmp, .. } => {
+                // An anonymous file goes when its descriptor closes.
+                let named = !matches!(
+                    file,
+                    LocalFile::Open {
+                        anonymous: true,
+                        ..
+                    }
+                );
                 drop(file);
-                let _ = tokio::fs::remove_file(&tmp).await;
+                if named {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                }
             }
             WriterInner::Buffered { .. } => {}
             WriterInner::Staged { upload, .. } => {
@@ -1090,19 +1343,52 @@ mod tests {
         assert_eq!(store.get(&key).await.unwrap(), Bytes::from_static(b"abc"));
     }
 
+    /// Every file under `dir`, recursively.
+    fn named_files(dir: &FsPath) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    todo.push(e.path());
+                } else {
+                    out.push(e.path());
+                }
+            }
+        }
+        out
+    }
+
     /// A staged object is invisible until published; publishing onto an
-    /// existing name refuses without replacing it and leaves no staging
-    /// file; a discarded one leaves nothing.
+    /// existing name refuses without replacing it; once published or
+    /// refused, the only name on disk is the object's; a discarded one
+    /// leaves nothing. Both ways of staging: files without a name
+    /// (`O_TMPFILE`, the default) and named staging files.
     #[tokio::test]
     async fn staged_objects_are_linked_create_only() {
+        for anonymous in [true, false] {
+            staged_objects_are_linked_create_only_with(anonymous).await;
+        }
+    }
+
+    async fn staged_objects_are_linked_create_only_with(anonymous: bool) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&StoreConfig::default(), dir.path())
-            .await
-            .unwrap();
-        let staging_files = || {
-            std::fs::read_dir(dir.path().join("staging"))
-                .unwrap()
-                .count()
+        let store = Store::open_local_with(
+            dir.path().join("objects"),
+            dir.path().join("staging"),
+            "file://test".into(),
+            anonymous,
+        )
+        .await
+        .unwrap();
+        let reaper = match &*store.backend {
+            Backend::Local { reaper, .. } => reaper.clone(),
+            Backend::Remote { .. } => unreachable!(),
+        };
+        let names = || {
+            reaper.flush();
+            named_files(dir.path())
         };
         let key = Path::from("segments/s/main/2026/01/01/10/a.cseg");
         let stage = |bytes: &'static [u8]| {
@@ -1121,7 +1407,15 @@ mod tests {
             Err(StoreError::NotFound { .. })
         ));
         let second = stage(b"other bytes").await;
-        assert_eq!(staging_files(), 2);
+        let staged_names = names();
+        if anonymous {
+            assert!(staged_names.is_empty(), "named: {staged_names:?}");
+        } else {
+            assert_eq!(staged_names.len(), 2, "{staged_names:?}");
+            assert!(staged_names
+                .iter()
+                .all(|p| p.starts_with(dir.path().join("staging"))));
+        }
         let pending = first.publish().unwrap();
         store.sync_dirs(&pending).unwrap();
         assert!(matches!(
@@ -1130,12 +1424,12 @@ mod tests {
         ));
         assert_eq!(store.get(&key).await.unwrap(), Bytes::from_static(b"first"));
         assert_eq!(
-            staging_files(),
-            0,
-            "publishing or refusing removes the staging file"
+            names(),
+            vec![dir.path().join("objects").join(key.as_ref())],
+            "publishing or refusing leaves only the object's name"
         );
         stage(b"dropped").await.discard();
-        assert_eq!(staging_files(), 0);
+        assert_eq!(names().len(), 1);
         // Other backends publish while uploading and have nothing to stage.
         let mem = Store::memory();
         let w = mem.writer(&key).await.unwrap();
