@@ -7,7 +7,9 @@
 //! RocksDB batch. A segment is acknowledged only after its round completed
 //! (invariant 5), so under load the disk pays one directory sync and one
 //! index sync for many segments instead of one each, and an upload makes
-//! one thread hop (its staging write and fsync) besides the round.
+//! one thread hop (its staging write and fsync) besides the round. A few
+//! rounds are in flight at once, so one stalled directory sync holds up
+//! only its own round; journaling and indexing keep the rounds' order.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -26,6 +28,9 @@ use crate::ServerError;
 
 /// Most segments committed in one round.
 const MAX_ROUND: usize = 512;
+
+/// Rounds in flight at once (one thread each).
+const COMMIT_THREADS: usize = 4;
 
 /// Rounds slower than this are logged with the step that took the time
 /// (they show as `custody_commit_round_duration_seconds` too).
@@ -64,10 +69,11 @@ struct Request {
     done: oneshot::Sender<Result<Committed, ServerError>>,
 }
 
-/// The commit queue of a node: one thread that takes every request that is
-/// ready, makes their objects' names durable, then indexes them all in one
-/// synced batch. When the last handle goes, the thread is stopped and
-/// joined, so the catalog it holds is closed before the process exits.
+/// The commit queue of a node: [`COMMIT_THREADS`] threads, each taking
+/// every request that is ready as one round, making their objects' names
+/// durable, then indexing them all in one synced batch. When the last
+/// handle goes, the threads are stopped and joined, so the catalog they
+/// hold is closed before the process exits.
 #[derive(Clone)]
 pub(crate) struct Committer {
     inner: Arc<Inner>,
@@ -75,7 +81,7 @@ pub(crate) struct Committer {
 
 struct Inner {
     tx: std::sync::Mutex<Option<mpsc::SyncSender<Request>>>,
-    thread: std::sync::Mutex<Option<thread::JoinHandle<()>>>,
+    threads: std::sync::Mutex<Vec<thread::JoinHandle<()>>>,
     /// Uploads writing their staging file, about to join a round.
     staging: Arc<AtomicUsize>,
 }
@@ -94,7 +100,8 @@ impl Drop for Staging {
 impl Drop for Inner {
     fn drop(&mut self) {
         drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
-        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in threads {
             let _ = t.join();
         }
     }
@@ -111,23 +118,42 @@ impl Committer {
         stats: CommitStats,
     ) -> Result<Committer, ServerError> {
         let (tx, rx) = mpsc::sync_channel::<Request>(4 * MAX_ROUND);
-        let runtime = tokio::runtime::Handle::current();
         let staging = Arc::new(AtomicUsize::new(0));
-        let gather = staging.clone();
-        let thread = thread::Builder::new()
-            .name("custody-commit".into())
-            .spawn(move || {
-                let journal = Journal {
-                    cluster: &*cluster,
-                    runtime,
-                };
-                run(&store, &catalog, &retention, &journal, &gather, &stats, rx)
-            })
-            .map_err(|e| ServerError::Internal(format!("starting the commit thread: {e}")))?;
+        let shared = Arc::new(Shared {
+            store,
+            catalog,
+            retention,
+            cluster,
+            runtime: tokio::runtime::Handle::current(),
+            staging: staging.clone(),
+            stats,
+            queue: std::sync::Mutex::new(rx),
+            index_order: std::sync::Mutex::new(()),
+        });
+        let mut threads = Vec::with_capacity(COMMIT_THREADS);
+        for i in 0..COMMIT_THREADS {
+            let shared = shared.clone();
+            let started = thread::Builder::new()
+                .name(format!("custody-commit-{i}"))
+                .spawn(move || run(&shared));
+            match started {
+                Ok(t) => threads.push(t),
+                // Fewer threads only cost overlap; none is fatal.
+                Err(e) if !threads.is_empty() => {
+                    warn!(error = %e, threads = threads.len(), "fewer group-commit threads than planned");
+                    break;
+                }
+                Err(e) => {
+                    return Err(ServerError::Internal(format!(
+                        "starting the commit thread: {e}"
+                    )))
+                }
+            }
+        }
         Ok(Committer {
             inner: Arc::new(Inner {
                 tx: std::sync::Mutex::new(Some(tx)),
-                thread: std::sync::Mutex::new(Some(thread)),
+                threads: std::sync::Mutex::new(threads),
                 staging,
             }),
         })
@@ -196,77 +222,110 @@ impl Journal<'_> {
     }
 }
 
-fn run(
-    store: &Store,
-    catalog: &Catalog,
-    retention: &Retention,
-    journal: &Journal<'_>,
-    staging: &AtomicUsize,
-    stats: &CommitStats,
-    rx: mpsc::Receiver<Request>,
-) {
-    while let Ok(first) = rx.recv() {
-        let mut round = vec![first];
-        let deadline = Instant::now() + GATHER_WAIT;
-        while round.len() < MAX_ROUND {
-            match rx.try_recv() {
-                Ok(r) => {
-                    round.push(r);
-                    continue;
-                }
-                Err(mpsc::TryRecvError::Disconnected) => break,
-                Err(mpsc::TryRecvError::Empty) => {}
+/// What the commit threads share.
+struct Shared {
+    store: Store,
+    catalog: Catalog,
+    retention: Arc<Retention>,
+    cluster: Arc<dyn ClusterLink>,
+    runtime: tokio::runtime::Handle,
+    /// Uploads writing their staging file (see [`Staging`]).
+    staging: Arc<AtomicUsize>,
+    stats: CommitStats,
+    /// The commit queue: one thread at a time gathers a round from it.
+    queue: std::sync::Mutex<mpsc::Receiver<Request>>,
+    /// Rounds are journaled and indexed one at a time, in the order they
+    /// reach that step (the journal is a sequence).
+    index_order: std::sync::Mutex<()>,
+}
+
+/// One commit thread: gathers a round while it holds the queue, then
+/// commits it. With several threads, a round whose directory sync stalls
+/// (a slow disk moment) does not hold up the rounds behind it, and one
+/// round's index sync overlaps the next round's links and syncs.
+fn run(shared: &Shared) {
+    let journal = Journal {
+        cluster: &*shared.cluster,
+        runtime: shared.runtime.clone(),
+    };
+    while let Some(round) = gather(shared) {
+        commit_round(shared, &journal, round);
+    }
+}
+
+/// The next round: the first request waiting (blocking until one comes),
+/// then every request ready or about to be (see [`GATHER_WAIT`]). `None`
+/// once the queue is closed and empty.
+fn gather(shared: &Shared) -> Option<Vec<Request>> {
+    let rx = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+    let first = rx.recv().ok()?;
+    let mut round = vec![first];
+    let deadline = Instant::now() + GATHER_WAIT;
+    while round.len() < MAX_ROUND {
+        match rx.try_recv() {
+            Ok(r) => {
+                round.push(r);
+                continue;
             }
-            if staging.load(Ordering::SeqCst) == 0 {
-                break;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(r) => round.push(r),
-                Err(_) => break,
+            Err(mpsc::TryRecvError::Disconnected) => break,
+            Err(mpsc::TryRecvError::Empty) => {}
+        }
+        if shared.staging.load(Ordering::SeqCst) == 0 {
+            break;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(r) => round.push(r),
+            Err(_) => break,
+        }
+    }
+    Some(round)
+}
+
+fn commit_round(shared: &Shared, journal: &Journal<'_>, round: Vec<Request>) {
+    let (catalog, stats) = (&shared.catalog, &shared.stats);
+    let started = Instant::now();
+    let segments = round.len();
+    let Some((recs, waiters, sync)) = publish_round(catalog, round) else {
+        return;
+    };
+    if recs.is_empty() {
+        return;
+    }
+    let linked = started.elapsed();
+    let synced = shared.store.sync_dirs(&sync).map_err(ServerError::from);
+    let dirs_synced = started.elapsed();
+    let result = synced.and_then(|()| {
+        let _order = shared.index_order.lock().unwrap_or_else(|p| p.into_inner());
+        journal
+            .publish(&recs)
+            .and_then(|()| index_records(catalog, &shared.retention, recs))
+    });
+    let took = started.elapsed();
+    stats.round_seconds.observe(took.as_secs_f64());
+    stats.round_segments.observe(segments as f64);
+    if took >= SLOW_ROUND {
+        // Every upload of the round waited this long: name the step.
+        warn!(
+            segments,
+            link_ms = linked.as_millis() as u64,
+            directory_sync_ms = (dirs_synced - linked).as_millis() as u64,
+            journal_and_index_ms = (took - dirs_synced).as_millis() as u64,
+            "slow group-commit round: the disk took long to sync"
+        );
+    }
+    match result {
+        Ok(recs) => {
+            for (w, rec) in waiters.into_iter().zip(recs) {
+                let _ = w.send(Ok(Committed::Indexed(Box::new(rec))));
             }
         }
-        let started = Instant::now();
-        let segments = round.len();
-        let (recs, waiters, sync) = match publish_round(catalog, round) {
-            Some(published) => published,
-            None => continue,
-        };
-        if recs.is_empty() {
-            continue;
-        }
-        let linked = started.elapsed();
-        let synced = store.sync_dirs(&sync).map_err(ServerError::from);
-        let dirs_synced = started.elapsed();
-        let result = synced
-            .and_then(|()| journal.publish(&recs))
-            .and_then(|()| index_records(catalog, retention, recs));
-        let took = started.elapsed();
-        stats.round_seconds.observe(took.as_secs_f64());
-        stats.round_segments.observe(segments as f64);
-        if took >= SLOW_ROUND {
-            // Every upload of the round waited this long: name the step.
-            warn!(
-                segments,
-                link_ms = linked.as_millis() as u64,
-                directory_sync_ms = (dirs_synced - linked).as_millis() as u64,
-                journal_and_index_ms = (took - dirs_synced).as_millis() as u64,
-                "slow group-commit round: the disk took long to sync"
-            );
-        }
-        match result {
-            Ok(recs) => {
-                for (w, rec) in waiters.into_iter().zip(recs) {
-                    let _ = w.send(Ok(Committed::Indexed(Box::new(rec))));
-                }
-            }
-            Err(e) => {
-                error!(error = %e, segments = waiters.len(), "group commit failed");
-                for w in waiters {
-                    let _ = w.send(Err(ServerError::Unavailable(format!(
-                        "could not make the segment durable: {e}; retry"
-                    ))));
-                }
+        Err(e) => {
+            error!(error = %e, segments = waiters.len(), "group commit failed");
+            for w in waiters {
+                let _ = w.send(Err(ServerError::Unavailable(format!(
+                    "could not make the segment durable: {e}; retry"
+                ))));
             }
         }
     }

@@ -136,9 +136,10 @@ struct SweepArgs {
 
 #[derive(Parser)]
 struct Args {
-    /// Scratch directory (on the disk to measure; needs about rounds x 1.6 GB
-    /// with the defaults: what the node stores stays until the end); removed
-    /// afterwards.
+    /// Scratch directory (on the disk to measure; needs about rounds x 3.5 GB
+    /// with the defaults: what the node stores and the raw writers' files
+    /// stay until the end, so no scenario pays for an earlier one's
+    /// deletions); removed afterwards.
     #[arg(long, default_value = "target/bench-scratch")]
     dir: PathBuf,
     /// Total bytes per scenario.
@@ -966,17 +967,14 @@ async fn ingest_bench(args: Args) -> Result<()> {
                 };
                 node_cpus.push(cpu_secs() - cpu0);
                 grpc_rows.push(g);
-                // Raw files stay until the scenario's rounds are done:
-                // deleting them between rounds would leave thousands of
-                // just-freed inodes that ext4 without a journal skips one
-                // by one on the next creations (its `recently_deleted`
-                // check), for both sides.
+                // Raw files stay until the benchmark ends, like the
+                // node's: a deletion between scenarios would make the next
+                // one pay for it (thousands of just-freed inodes that ext4
+                // without a journal skips one by one on the next
+                // creations, its `recently_deleted` check; and with the
+                // `discard` mount option, trims that stall fsyncs).
                 let raw_dir = args.dir.join(format!("raw-{size}-{flight}-{round}"));
                 raw_rows.push(raw_writes(&raw_dir, size, count, flight)?);
-            }
-            for round in 0..args.rounds.max(1) {
-                let _ =
-                    std::fs::remove_dir_all(args.dir.join(format!("raw-{size}-{flight}-{round}")));
             }
             let rss = rss_mib();
             let ratios: Vec<f64> = grpc_rows
@@ -1114,8 +1112,8 @@ async fn half_rate(client: &Client, args: &Args, size: usize, max_sps: f64) -> R
     let prefix = format!("half-{size}");
     let (mut g, achieved) = paced(client, &prefix, 64, size, rate, count, t0).await?;
     let raw_dir = args.dir.join(format!("raw-half-{size}"));
+    // Kept until the end, as the throughput scenarios' raw files are.
     let mut r = raw_paced(&raw_dir, size, rate, count).await?;
-    let _ = std::fs::remove_dir_all(&raw_dir);
     println!(
         "half rate, {}: {:.0} seg/s offered ({:.0} achieved, {count} uploads from 64 cameras, open loop): \
          ack p50 {:.2} / p99 {:.2} ms; raw fsync'd writes on the same schedule p50 {:.2} / p99 {:.2} ms; RSS {:.0} MiB",
@@ -1175,7 +1173,6 @@ async fn city(client: &Client, args: &Args) -> Result<()> {
         .await?;
         let raw_dir = args.dir.join(format!("raw-city-{n}"));
         let mut r = raw_paced(&raw_dir, args.city_segment_bytes, rate, n * rounds).await?;
-        let _ = std::fs::remove_dir_all(&raw_dir);
         let (p50, p99) = (g.pct(0.5), g.pct(0.99));
         println!(
             "{:>8} {:>14} {:>9.1} {:>9.2} {:>9.2} {:>11.2} {:>11.2} {:>9.0}",
