@@ -339,20 +339,15 @@ impl Client {
         u: &Upload,
         data: Vec<u8>,
     ) -> Result<pb::PutSegmentResponse, ClientError> {
-        let sha: [u8; 32] = Sha256::digest(&data).into();
-        // Pieces are slices of one buffer, not copies.
         let data = bytes::Bytes::from(data);
         self.with_fitting_chunks(|chunk| {
-            let mut msgs = vec![header_msg(u, Some(data.len() as u64))];
-            let mut at = 0;
-            while at < data.len() {
-                let end = (at + chunk).min(data.len());
-                msgs.push(pb::PutSegmentRequest {
-                    part: Some(Part::Chunk(data.slice(at..end))),
+            let msgs =
+                std::iter::once(header_msg(u, Some(data.len() as u64))).chain(HashedPieces {
+                    data: data.clone(),
+                    at: 0,
+                    chunk,
+                    hasher: Some(Sha256::new()),
                 });
-                at = end;
-            }
-            msgs.push(finish_msg(sha));
             let mut ingest = self.ingest();
             async move {
                 Ok(ingest
@@ -454,6 +449,37 @@ fn header_msg(u: &Upload, size: Option<u64>) -> pb::PutSegmentRequest {
     }
 }
 
+/// The chunk messages of an upload held in memory, then its finish
+/// message. Pieces are slices of one buffer, not copies, and each is hashed
+/// as it is sent: the hash does not delay the upload's first byte, and the
+/// client hashes while the server seals what it already sent.
+struct HashedPieces {
+    data: bytes::Bytes,
+    at: usize,
+    chunk: usize,
+    /// `None` once the finish message was yielded.
+    hasher: Option<Sha256>,
+}
+
+impl Iterator for HashedPieces {
+    type Item = pb::PutSegmentRequest;
+
+    fn next(&mut self) -> Option<pb::PutSegmentRequest> {
+        if self.at < self.data.len() {
+            let end = (self.at + self.chunk.max(1)).min(self.data.len());
+            let piece = self.data.slice(self.at..end);
+            self.at = end;
+            if let Some(h) = &mut self.hasher {
+                h.update(&piece);
+            }
+            return Some(pb::PutSegmentRequest {
+                part: Some(Part::Chunk(piece)),
+            });
+        }
+        self.hasher.take().map(|h| finish_msg(h.finalize().into()))
+    }
+}
+
 fn finish_msg(sha: [u8; 32]) -> pb::PutSegmentRequest {
     pb::PutSegmentRequest {
         part: Some(Part::Finish(pb::SegmentFinish {
@@ -465,6 +491,36 @@ fn finish_msg(sha: [u8; 32]) -> pb::PutSegmentRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pieces put the data back together, in order, each at most one
+    /// chunk, and the finish message (last, once) carries the whole's hash.
+    #[test]
+    fn hashed_pieces_cover_the_data_then_finish_with_its_hash() {
+        for (len, chunk) in [(0usize, 4usize), (1, 4), (10, 4), (12, 4), (12, 100)] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let msgs: Vec<_> = HashedPieces {
+                data: bytes::Bytes::from(data.clone()),
+                at: 0,
+                chunk,
+                hasher: Some(Sha256::new()),
+            }
+            .collect();
+            let (last, pieces) = msgs.split_last().expect("a finish message");
+            let mut joined = Vec::new();
+            for m in pieces {
+                let Some(Part::Chunk(c)) = &m.part else {
+                    panic!("a chunk before the finish: {m:?}");
+                };
+                assert!(!c.is_empty() && c.len() <= chunk);
+                joined.extend_from_slice(c);
+            }
+            assert_eq!(joined, data);
+            let Some(Part::Finish(f)) = &last.part else {
+                panic!("the last message finishes: {last:?}");
+            };
+            assert_eq!(f.sha256, Sha256::digest(&data).to_vec());
+        }
+    }
 
     #[test]
     fn size_refusals_are_recognised_and_permanent() {
