@@ -14,6 +14,7 @@ mod compliance;
 mod crash;
 mod evidence;
 mod foundation;
+mod full_disk;
 mod listeners;
 mod metrics;
 mod netns;

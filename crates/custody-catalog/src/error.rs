@@ -18,3 +18,17 @@ pub enum CatalogError {
     #[error("invalid page token")]
     BadPageToken,
 }
+
+impl CatalogError {
+    /// Whether RocksDB failed for want of space (a full file system or an
+    /// exhausted quota under the catalog).
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            CatalogError::Db(e) => {
+                let m = e.to_string();
+                m.contains("No space left on device") || m.contains("Disk quota exceeded")
+            }
+            _ => false,
+        }
+    }
+}

@@ -31,6 +31,12 @@ pub struct Limits {
     /// How long an upload may send nothing before the server abandons it,
     /// in seconds: a frozen client must not hold its segment forever.
     pub upload_idle_timeout_secs: u64,
+    /// Bytes kept free on the file systems of the catalog and of a local
+    /// store: an upload that would leave less is refused
+    /// (RESOURCE_EXHAUSTED), so on a nearly full disk the audit log, holds
+    /// and retention's deletions keep working, and ingest resumes by itself
+    /// once retention frees space. 0 turns the check off.
+    pub min_free_bytes: u64,
 }
 
 impl Default for Limits {
@@ -46,6 +52,7 @@ impl Default for Limits {
             max_message_bytes: 4 * 1024 * 1024,
             max_clock_skew_secs: 300,
             upload_idle_timeout_secs: 30,
+            min_free_bytes: 64 * 1024 * 1024,
         }
     }
 }

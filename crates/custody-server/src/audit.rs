@@ -210,6 +210,29 @@ impl AuditLog {
         }
     }
 
+    /// Records the event of a read (anything that touches footage) in the
+    /// next group commit. While the writer's last batch failed (the store is
+    /// full or unreachable), a read that would be served is refused instead
+    /// (invariant 6: nothing is served unaudited): its record says so, is
+    /// waited for, and the error names why.
+    pub async fn record_read(&self, mut event: AuditEvent) -> Result<(), ServerError> {
+        let failing = self
+            .stats
+            .failing
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if !failing || event.outcome != Outcome::Ok {
+            self.record(event).await;
+            return Ok(());
+        }
+        event.outcome = Outcome::Failed;
+        event.reason = "not served: the audit log could not be written".into();
+        let why = match self.record_durable(vec![event]).await {
+            Ok(_) => "the audit log could not be written until now".to_string(),
+            Err(e) => e.to_string(),
+        };
+        Err(ServerError::Unavailable(why))
+    }
+
     /// Returns once every record queued before the call is durable.
     pub async fn flush(&self) -> Result<(), ServerError> {
         let (ack, done) = oneshot::channel();
@@ -319,6 +342,10 @@ impl Writer {
         let interval = Duration::from_millis(self.config.flush_interval_ms);
         let max = self.config.max_batch_records;
         let mut carried: Vec<AuditEvent> = Vec::new();
+        // After a failed write, the next attempt waits until then, whatever
+        // arrives meanwhile (one attempt and one log line per RETRY_MIN
+        // while the store is out, not one per record).
+        let mut retry_at: Option<tokio::time::Instant> = None;
         loop {
             // Records a failed write left behind are retried after an interval
             // even when nothing new arrives.
@@ -353,9 +380,12 @@ impl Writer {
             if let Some(cmd) = cmd {
                 take(cmd, &mut events, &mut urgent);
             }
-            let deadline = tokio::time::Instant::now() + interval;
+            let now = tokio::time::Instant::now();
+            let deadline = (now + interval).max(retry_at.unwrap_or(now));
             let mut open = true;
-            while !urgent && events.len() < max {
+            while (!urgent || retry_at.is_some_and(|t| tokio::time::Instant::now() < t))
+                && events.len() < max
+            {
                 tokio::select! {
                     c = rx.recv() => match c {
                         Some(c) => take(c, &mut events, &mut urgent),
@@ -381,9 +411,14 @@ impl Writer {
                 written
             };
             match &result {
-                Ok(_) => {}
+                Ok(_) => {
+                    if retry_at.take().is_some() {
+                        warn!(records = events.len(), "audit batches are written again");
+                    }
+                }
                 Err(e) => {
-                    error!(error = %e, records = events.len(), "audit batch not written; retrying with the next one");
+                    retry_at = Some(tokio::time::Instant::now() + RETRY_MIN);
+                    error!(error = %e, records = events.len(), "audit batch not written; reads are refused until one is (retrying every {RETRY_MIN:?})");
                     carried = events;
                     let cap = self.config.queue_capacity;
                     if carried.len() > cap {

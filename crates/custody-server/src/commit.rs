@@ -323,11 +323,25 @@ fn commit_round(shared: &Shared, journal: &Journal<'_>, round: Vec<Request>) {
         Err(e) => {
             error!(error = %e, segments = waiters.len(), "group commit failed");
             for w in waiters {
-                let _ = w.send(Err(ServerError::Unavailable(format!(
-                    "could not make the segment durable: {e}; retry"
-                ))));
+                let _ = w.send(Err(retry_later(
+                    "could not make the segment durable",
+                    &e,
+                    matches!(e, ServerError::OutOfSpace(_)),
+                )));
             }
         }
+    }
+}
+
+/// The answer to an upload whose round failed: retry later, once space is
+/// freed when the storage is full (RESOURCE_EXHAUSTED), else when the
+/// dependency is back (UNAVAILABLE).
+fn retry_later(what: &str, e: &dyn std::fmt::Display, full: bool) -> ServerError {
+    let m = format!("{what}: {e}; retry");
+    if full {
+        ServerError::OutOfSpace(m)
+    } else {
+        ServerError::Unavailable(m)
     }
 }
 
@@ -358,9 +372,11 @@ fn publish_round(
                 if let Publish::Staged(staged) = r.publish {
                     staged.discard();
                 }
-                let _ = r.done.send(Err(ServerError::Unavailable(format!(
-                    "could not record the write intent: {e}; retry"
-                ))));
+                let _ = r.done.send(Err(retry_later(
+                    "could not record the write intent",
+                    &e,
+                    e.is_out_of_space(),
+                )));
             }
             return None;
         }

@@ -32,6 +32,10 @@ pub enum ServerError {
     /// A dependency (store, catalog) is unavailable; retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// The node's storage is full: nothing was stored; retry once space is
+    /// freed (retention deletes expired footage, or the disk grows).
+    #[error("{0}")]
+    OutOfSpace(String),
     /// A bug or an unexpected internal failure.
     #[error("{0}")]
     Internal(String),
@@ -41,6 +45,15 @@ impl From<InvalidInput> for ServerError {
     fn from(e: InvalidInput) -> Self {
         ServerError::Invalid(e.to_string())
     }
+}
+
+/// A write refused for want of space, logged where operators look: every
+/// write fails until space is freed.
+fn out_of_space(what: &str, e: &dyn std::fmt::Display) -> ServerError {
+    tracing::error!(error = %e, "the {what}'s file system is full: writes fail until space is freed");
+    ServerError::OutOfSpace(format!(
+        "the node's storage is full ({what}: {e}); nothing was stored; retry once space is freed"
+    ))
 }
 
 impl From<StoreError> for ServerError {
@@ -54,6 +67,7 @@ impl From<StoreError> for ServerError {
             e @ StoreError::NoConditionalWrites { .. } => {
                 ServerError::FailedPrecondition(e.to_string())
             }
+            e if e.is_out_of_space() => out_of_space("object store", &e),
             other => ServerError::Unavailable(other.to_string()),
         }
     }
@@ -64,6 +78,7 @@ impl From<CatalogError> for ServerError {
         match e {
             CatalogError::BadPageToken => ServerError::Invalid(e.to_string()),
             CatalogError::Corrupt { .. } => ServerError::Internal(e.to_string()),
+            CatalogError::Db(_) if e.is_out_of_space() => out_of_space("catalog", &e),
             CatalogError::Db(_) => ServerError::Unavailable(e.to_string()),
         }
     }
@@ -115,6 +130,7 @@ impl From<ServerError> for tonic::Status {
             ServerError::Aborted(m) => Status::aborted(m),
             ServerError::DataLoss(m) => Status::data_loss(m),
             ServerError::Unavailable(m) => Status::unavailable(m),
+            ServerError::OutOfSpace(m) => Status::resource_exhausted(m),
             ServerError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
             ServerError::Internal(m) => Status::internal(m),
         }

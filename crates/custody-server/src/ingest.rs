@@ -102,6 +102,37 @@ impl Node {
         Ok(())
     }
 
+    /// Refuses an upload of `size` bytes that would leave less than
+    /// `limits.min_free_bytes` free where it lands (a local store's file
+    /// system) or where the catalog and the audit records go: that space
+    /// is kept for reads' audit records, holds and retention's deletions,
+    /// which are what frees space again.
+    fn check_free_space(&self, size: u64) -> Result<(), ServerError> {
+        let reserve = self.limits.min_free_bytes;
+        if reserve == 0 {
+            return Ok(());
+        }
+        let catalog = (self.catalog_dir.as_path(), 0);
+        let store = self.store.local_root().map(|root| (root, size));
+        for (dir, size) in std::iter::once(catalog).chain(store) {
+            // A file system that cannot say is left to the write itself.
+            let Ok(fs) = rustix::fs::statvfs(dir) else {
+                continue;
+            };
+            let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+            if free < reserve.saturating_add(size) {
+                warn!(dir = %dir.display(), free, reserve, "upload refused: the disk is nearly full");
+                return Err(ServerError::OutOfSpace(format!(
+                    "the node's disk is nearly full: {} has {free} bytes free and limits.min_free_bytes = {reserve} \
+                     are kept for the audit log, holds and retention; nothing was stored; retry once retention \
+                     frees space or the disk grows",
+                    dir.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Stores one segment. Returns only once the encrypted object and its index
     /// entry are durable; on any error nothing is visible.
     pub async fn ingest<S>(
@@ -113,6 +144,7 @@ impl Node {
         S: Stream<Item = Result<IngestPart, ServerError>> + Unpin + Send,
     {
         self.check_header(&header)?;
+        self.check_free_space(header.size.unwrap_or(0))?;
         let id = SegmentId::derive(
             &header.camera,
             &header.stream,

@@ -10,7 +10,7 @@
 //! ([`crate::authz`]); this module only answers.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -100,6 +100,9 @@ pub(crate) struct AuditStats {
     pub(crate) flush_failures: Counter,
     /// Unix time of the last successful batch write.
     pub(crate) last_flush: Gauge,
+    /// Whether the last batch write failed (records are waiting for the
+    /// store): reads are then refused rather than served unaudited.
+    pub(crate) failing: Arc<AtomicBool>,
 }
 
 impl Default for AuditStats {
@@ -108,6 +111,7 @@ impl Default for AuditStats {
             flush_seconds: latency(),
             flush_failures: Counter::default(),
             last_flush: Gauge::default(),
+            failing: Arc::default(),
         }
     }
 }
@@ -115,6 +119,7 @@ impl Default for AuditStats {
 impl AuditStats {
     /// Records one batch write that took `elapsed` and succeeded or not.
     pub(crate) fn flushed(&self, started: Instant, ok: bool, now_unix: i64) {
+        self.failing.store(!ok, Ordering::Relaxed);
         if ok {
             self.flush_seconds.observe(started.elapsed().as_secs_f64());
             self.last_flush.set(now_unix);

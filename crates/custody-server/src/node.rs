@@ -38,7 +38,7 @@ pub struct Node {
     /// Prometheus metrics (`GET /metrics`).
     pub(crate) metrics: crate::metrics::Metrics,
     pub(crate) revoked: Arc<RevocationList>,
-    catalog_dir: std::path::PathBuf,
+    pub(crate) catalog_dir: std::path::PathBuf,
     /// Group commit of ingests.
     pub(crate) committer: Committer,
     /// The cluster this node belongs to ([`Solo`] without one).

@@ -108,6 +108,7 @@ impl From<ServerError> for HttpError {
             ServerError::FailedPrecondition(_) => StatusCode::CONFLICT,
             ServerError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
             ServerError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ServerError::OutOfSpace(_) => StatusCode::INSUFFICIENT_STORAGE,
             ServerError::DataLoss(_) | ServerError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -150,13 +151,26 @@ fn caller_of(parts: &Parts) -> Caller {
         .unwrap_or_else(|| Caller::local("in-process"))
 }
 
-/// Records one playback request, group-committed like every read.
-async fn audit(node: &Node, mut e: AuditEvent, error: Option<&HttpError>) {
-    if let Some(err) = error {
+/// Records one playback request, group-committed like every read, and
+/// returns what to answer: `result`, or 503 when it would be served
+/// unaudited (the audit writer is failing and the record did not become
+/// durable).
+async fn audited<T>(
+    node: &Node,
+    mut e: AuditEvent,
+    result: Result<T, HttpError>,
+) -> Result<T, HttpError> {
+    if let Err(err) = &result {
         e.outcome = err.outcome();
         e.reason = format!("HTTP {}: {}", err.status.as_u16(), err.message);
     }
-    node.audit().record(e).await;
+    match node.audit().record_read(e).await {
+        Err(err) if result.is_ok() => Err(HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("refused: nothing is served unaudited ({err}); retry"),
+        )),
+        _ => result,
+    }
 }
 
 async fn unknown_path(State(node): State<Node>, parts: Parts) -> Response {
@@ -170,8 +184,7 @@ async fn unknown_path(State(node): State<Node>, parts: Parts) -> Response {
     ));
     let mut e = AuditEvent::new(&caller, "playback.unknown");
     e.detail = parts.uri.path().chars().take(256).collect();
-    audit(&node, e, result.as_ref().err()).await;
-    result.into_response()
+    audited(&node, e, result).await.into_response()
 }
 
 // ---------------------------------------------------------------- playlists
@@ -332,8 +345,7 @@ async fn playlist(
         )
             .into_response()
     });
-    audit(&node, e, result.as_ref().err()).await;
-    result.into_response()
+    audited(&node, e, result).await.into_response()
 }
 
 async fn build_playlist(
@@ -481,8 +493,7 @@ async fn serve_segment(node: Node, segment: String, part: Part, parts: Parts) ->
         Err(_) => format!("{part:?}"),
     };
     let result = result.map(|(r, _)| r);
-    audit(&node, e, result.as_ref().err()).await;
-    result.into_response()
+    audited(&node, e, result).await.into_response()
 }
 
 /// The response for one segment part, and the audit detail (bytes served).

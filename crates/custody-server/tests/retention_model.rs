@@ -515,6 +515,7 @@ fn kind(e: &ServerError) -> &'static str {
         ServerError::Aborted(_) => "aborted",
         ServerError::DataLoss(_) => "data loss",
         ServerError::Unavailable(_) => "unavailable",
+        ServerError::OutOfSpace(_) => "out of space",
         ServerError::DeadlineExceeded(_) => "deadline exceeded",
         ServerError::Internal(_) => "internal",
     }

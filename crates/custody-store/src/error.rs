@@ -58,6 +58,26 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the failure is a full file system (or an exhausted disk
+    /// quota): a matter of space, not of the request. Looks through the
+    /// error's causes, so a local engine's error wrapped by `object_store`
+    /// counts too.
+    pub fn is_out_of_space(&self) -> bool {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cause {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                ) {
+                    return true;
+                }
+            }
+            cause = e.source();
+        }
+        false
+    }
+
     pub(crate) fn backend(key: impl ToString, source: object_store::Error) -> Self {
         match source {
             object_store::Error::NotFound { .. } => StoreError::NotFound {

@@ -14,7 +14,8 @@ use crate::{AuditEvent, Caller, Node, ServerError};
 pub(crate) enum Durability {
     /// Before the reply (mutations).
     Durable,
-    /// In the next group commit (reads).
+    /// In the next group commit (reads); before the reply while the audit
+    /// writer is failing, so that nothing is served unaudited.
     Grouped,
 }
 
@@ -79,7 +80,15 @@ pub(crate) async fn audited<T>(
         e.reason = format!("{:?}: {}", s.code(), s.message());
     }
     match durability {
-        Durability::Grouped => node.audit().record(e).await,
+        Durability::Grouped => {
+            if let Err(err) = node.audit().record_read(e).await {
+                if result.is_ok() {
+                    return Err(Status::unavailable(format!(
+                        "{action} refused: nothing is served unaudited ({err}); retry"
+                    )));
+                }
+            }
+        }
         Durability::Durable => {
             if let Err(err) = node.audit().record_durable(vec![e]).await {
                 if result.is_ok() {
