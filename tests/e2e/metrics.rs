@@ -254,6 +254,16 @@ fn counters_move_by_exactly_the_traffic_sent_and_only_where_and_for_whom_allowed
     assert_eq!(value(&after, "custody_catalog_cameras", &[]), 1.0);
     assert_eq!(value(&after, "custody_catalog_bytes", &[]), 6000.0);
     assert_eq!(value(&after, "custody_holds_active", &[]), 0.0);
+    assert_eq!(
+        value(&after, "custody_disk_reserve_bytes", &[]),
+        64.0 * 1024.0 * 1024.0
+    );
+    for dir in ["catalog", "objects"] {
+        assert!(
+            value(&after, "custody_disk_free_bytes", &[("dir", dir)]) > 0.0,
+            "{dir}"
+        );
+    }
     assert!(value(&after, "process_resident_memory_bytes", &[]) > 1e6);
     assert!(value(&after, "custody_audit_flush_duration_seconds_count", &[]) >= 1.0);
     let expiry = not_after(&d.certs.join("server.pem")) as f64;
@@ -411,6 +421,7 @@ fn check_prometheus_files(scraped: &Value) {
         "CustodyAuditFlushFailing",
         "CustodyStoreErrors",
         "CustodyCertificateExpiring",
+        "CustodyDiskNearlyFull",
     ] {
         assert!(alerts.contains(&want), "{want} missing from alerts.yml");
     }

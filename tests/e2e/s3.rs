@@ -1,8 +1,8 @@
 //! The same node on an S3-compatible store: a real SeaweedFS (master,
 //! volume servers, filer, S3 gateway) on loopback, started by the test.
 //! Ingest, read back, rebuild the catalog from the bucket, create-only
-//! records (holds) through the S3 API, and a sweep refused while the engine
-//! is unreachable.
+//! records (holds) through the S3 API, and a sweep (and, its audit record
+//! unwritable, a listing) refused while the engine is unreachable.
 
 use crate::testkit;
 
@@ -156,7 +156,7 @@ async fn node_on_s3_ingests_reads_rebuilds_and_holds() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("object store"), "{err}");
     let to = t0.saturating_add_nanos(60_000_000_000).to_string();
-    let listed = json(&server.custody_ok(&[
+    let ls = [
         "--json",
         "ls",
         "cam-s3",
@@ -164,7 +164,31 @@ async fn node_on_s3_ingests_reads_rebuilds_and_holds() {
         &t0.to_string(),
         "--to",
         &to,
-    ]));
+    ];
+    // Its audit record cannot be written either: footage (and its index)
+    // is not served unaudited.
+    let out = server.custody(&ls);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("unaudited"),
+        "listing with the audit log unwritable: {err}"
+    );
+    // The engine is back: the audit writer catches up, listings resume,
+    // and nothing was deleted meanwhile.
+    sw.start_s3().await;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let listed = loop {
+        let out = server.custody(&ls);
+        if out.status.success() {
+            break json(&String::from_utf8_lossy(&out.stdout));
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "listings did not resume: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     assert_eq!(
         listed.as_array().unwrap().len(),
         2,

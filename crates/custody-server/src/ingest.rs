@@ -112,14 +112,13 @@ impl Node {
         if reserve == 0 {
             return Ok(());
         }
-        let catalog = (self.catalog_dir.as_path(), 0);
-        let store = self.store.local_root().map(|root| (root, size));
-        for (dir, size) in std::iter::once(catalog).chain(store) {
-            // A file system that cannot say is left to the write itself.
-            let Ok(fs) = rustix::fs::statvfs(dir) else {
+        for (what, dir) in self.data_dirs() {
+            // Only the upload's own file system must hold it; one that
+            // cannot say is left to the write itself.
+            let size = if what == "objects" { size } else { 0 };
+            let Some(free) = crate::node::free_bytes(dir) else {
                 continue;
             };
-            let free = fs.f_bavail.saturating_mul(fs.f_frsize);
             if free < reserve.saturating_add(size) {
                 warn!(dir = %dir.display(), free, reserve, "upload refused: the disk is nearly full");
                 return Err(ServerError::OutOfSpace(format!(

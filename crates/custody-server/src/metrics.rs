@@ -56,6 +56,12 @@ struct ByKind {
     kind: String,
 }
 
+/// A `dir` label (the node's data file systems: `catalog`, `objects`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByDir {
+    dir: String,
+}
+
 /// An `outcome` label (sweeps).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ByOutcome {
@@ -176,6 +182,7 @@ struct Inner {
     sweep_lag: Gauge<f64, AtomicU64>,
     sweep_last_run: Gauge,
     audit_queue: Gauge,
+    disk_free: Family<ByDir, Gauge>,
     rss: Gauge,
     certificate_not_after: Family<ByListener, Gauge>,
     /// `as_of` (unix seconds) of the last sweep that went through the whole
@@ -217,6 +224,7 @@ impl Metrics {
             sweep_lag: Gauge::default(),
             sweep_last_run: Gauge::default(),
             audit_queue: Gauge::default(),
+            disk_free: Family::default(),
             rss: Gauge::default(),
             certificate_not_after: Family::default(),
             swept_through: AtomicI64::new(0),
@@ -329,6 +337,19 @@ impl Metrics {
             "custody_sweeper_enabled",
             "1 when the sweeper runs ([retention] sweeper_enabled)",
             enabled,
+        );
+        r.register(
+            "custody_disk_free_bytes",
+            "Bytes free on the file system of the catalog (dir=catalog) and of a local store (dir=objects)",
+            i.disk_free.clone(),
+        );
+        let reserve = Gauge::<i64, AtomicI64>::default();
+        reserve.set(i64::try_from(config.limits.min_free_bytes).unwrap_or(i64::MAX));
+        r.register(
+            "custody_disk_reserve_bytes",
+            "Bytes kept free for the audit log, holds and retention ([limits] min_free_bytes): \
+             uploads are refused below it",
+            reserve,
         );
         r.register(
             "custody_audit_queue_depth",
@@ -572,6 +593,15 @@ pub(crate) async fn render(node: &Node) -> Result<String, ServerError> {
     }
     m.sweep_lag.set(node.metrics.sweep_lag(now) as f64);
     m.audit_queue.set(node.audit.queue_depth() as i64);
+    for (dir, path) in node.data_dirs() {
+        if let Some(free) = crate::node::free_bytes(path) {
+            m.disk_free
+                .get_or_create(&ByDir {
+                    dir: dir.to_string(),
+                })
+                .set(i64::try_from(free).unwrap_or(i64::MAX));
+        }
+    }
     if let Some(rss) = resident_bytes() {
         m.rss.set(rss);
     }

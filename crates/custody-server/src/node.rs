@@ -47,6 +47,13 @@ pub struct Node {
     member: Option<Arc<Member>>,
 }
 
+/// Bytes free for unprivileged writers on the file system of `dir`
+/// (`None` when it cannot say).
+pub(crate) fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    let fs = rustix::fs::statvfs(dir).ok()?;
+    Some(fs.f_bavail.saturating_mul(fs.f_frsize))
+}
+
 /// Releases an in-flight upload slot when dropped.
 pub(crate) struct InflightGuard {
     set: Arc<Mutex<HashSet<SegmentId>>>,
@@ -78,6 +85,13 @@ pub fn load_keyring(config: &ServerConfig) -> Result<Keyring, ServerError> {
 }
 
 impl Node {
+    /// The file systems this node writes locally: the catalog's (with the
+    /// audit's staging and the keys) and a local store's.
+    pub(crate) fn data_dirs(&self) -> impl Iterator<Item = (&'static str, &std::path::Path)> {
+        std::iter::once(("catalog", self.catalog_dir.as_path()))
+            .chain(self.store.local_root().map(|root| ("objects", root)))
+    }
+
     /// Opens the node described by `config` and finishes or forgets uploads a
     /// crash interrupted.
     pub async fn open(config: &ServerConfig) -> Result<Node, ServerError> {

@@ -243,7 +243,7 @@ impl pb::archive_service_server::ArchiveService for ArchiveApi {
             p,
             "archive.list_cameras",
             target,
-            Durability::Grouped,
+            Durability::Footage,
             result,
         )
         .await
@@ -265,7 +265,7 @@ impl pb::archive_service_server::ArchiveService for ArchiveApi {
             p,
             "archive.list_segments",
             target,
-            Durability::Grouped,
+            Durability::Footage,
             result,
         )
         .await
@@ -300,7 +300,7 @@ impl pb::archive_service_server::ArchiveService for ArchiveApi {
             p,
             "archive.read_segment",
             target,
-            Durability::Grouped,
+            Durability::Footage,
             result,
         )
         .await
@@ -324,7 +324,7 @@ impl pb::archive_service_server::ArchiveService for ArchiveApi {
             p,
             "archive.export_clip",
             target,
-            Durability::Grouped,
+            Durability::Footage,
             result,
         )
         .await

@@ -14,9 +14,13 @@ use crate::{AuditEvent, Caller, Node, ServerError};
 pub(crate) enum Durability {
     /// Before the reply (mutations).
     Durable,
-    /// In the next group commit (reads); before the reply while the audit
-    /// writer is failing, so that nothing is served unaudited.
+    /// In the next group commit (ingests, whose object is their durable
+    /// trace; reads of holds, policies, the audit log and reports).
     Grouped,
+    /// A read of footage or of its index: in the next group commit, but
+    /// refused while the audit writer is failing, so that no footage is
+    /// served unaudited.
+    Footage,
 }
 
 /// What an RPC touched.
@@ -80,7 +84,8 @@ pub(crate) async fn audited<T>(
         e.reason = format!("{:?}: {}", s.code(), s.message());
     }
     match durability {
-        Durability::Grouped => {
+        Durability::Grouped => node.audit().record(e).await,
+        Durability::Footage => {
             if let Err(err) = node.audit().record_read(e).await {
                 if result.is_ok() {
                     return Err(Status::unavailable(format!(
