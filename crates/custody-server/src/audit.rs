@@ -14,6 +14,10 @@
 //!   Sweep deletions are the exception: recorded before the objects go
 //!   (intent-first), so no segment leaves the store unrecorded.
 //!   Reads are group-committed; [`AuditLog::close`] flushes on shutdown.
+//! - **Store out** (a full disk, an unreachable bucket): the writer keeps
+//!   the records and retries every `RETRY_MIN`; until a batch is written
+//!   again, reads of footage are refused rather than served unaudited
+//!   ([`AuditLog::record_read`]).
 //! - **Resume.** On start the writer lists `audit/` in the store and
 //!   continues after the last batch, so the chain survives the loss of the
 //!   catalog. The create-only write is a compare-and-swap on the sequence
