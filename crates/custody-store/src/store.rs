@@ -941,8 +941,10 @@ where
         (value, data.len() as u64, result)
     })
     .await
-    .map_err(|e| StoreError::io(tmp, join_error(e)))?;
-    let (f, anonymous) = result.map_err(|e| StoreError::io(tmp, e))?;
+    // Errors name the object being written: its staging file may have no
+    // name (O_TMPFILE) for an operator to look for.
+    .map_err(|e| StoreError::io(dest, join_error(e)))?;
+    let (f, anonymous) = result.map_err(|e| StoreError::io(dest, e))?;
     *file = LocalFile::Open { file: f, anonymous };
     Ok((value, n))
 }
@@ -1180,12 +1182,12 @@ impl ObjectWriter {
                 Ok((_, false)) => Ok(None),
                 Err(e) => {
                     let _ = std::fs::remove_file(&tmp);
-                    Err(StoreError::io(&tmp, e))
+                    Err(StoreError::io(&target, e))
                 }
             }
         })
         .await
-        .map_err(|e| StoreError::io(&staged, join_error(e)))??;
+        .map_err(|e| StoreError::io(&dest, join_error(e)))??;
         Ok(StagedObject {
             key: self.key,
             tmp: staged,
