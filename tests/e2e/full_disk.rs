@@ -8,12 +8,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tonic::Code;
 
 use crate::testkit::{
-    custody_offline, files_under, json, put_bytes, read_all, secs, stored_objects, Server,
+    custody_offline, eventually, files_under, json, put_bytes, read_all, secs, stored_objects,
+    Server,
 };
 
 /// The tmpfs's size and the reserve the node keeps on it.
@@ -65,22 +66,6 @@ fn fill(path: &Path) {
         }
     }
     let _ = f.sync_all();
-}
-
-/// Polls `f` every 50 ms until it returns `Some`, for at most `limit`.
-async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let until = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < until, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

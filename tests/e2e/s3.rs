@@ -176,19 +176,17 @@ async fn node_on_s3_ingests_reads_rebuilds_and_holds() {
     // The engine is back: the audit writer catches up, listings resume,
     // and nothing was deleted meanwhile.
     sw.start_s3().await;
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let listed = loop {
-        let out = server.custody(&ls);
-        if out.status.success() {
-            break json(&String::from_utf8_lossy(&out.stdout));
-        }
-        assert!(
-            std::time::Instant::now() < until,
-            "listings did not resume: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let listed = testkit::eventually(
+        std::time::Duration::from_secs(30),
+        "listings after the engine came back",
+        || async {
+            let out = server.custody(&ls);
+            out.status
+                .success()
+                .then(|| json(&String::from_utf8_lossy(&out.stdout)))
+        },
+    )
+    .await;
     assert_eq!(
         listed.as_array().unwrap().len(),
         2,

@@ -8,7 +8,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use custody_proto::v1 as pb;
 use prost::Message;
@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 use tonic::Code;
 
 use crate::testkit::{
-    chunk, files_under, finish, header, put, put_bytes, read_all, secs, stored_objects, Server,
-    CUSTODYD,
+    chunk, eventually, files_under, finish, header, put, put_bytes, read_all, secs, stored_objects,
+    Server, CUSTODYD,
 };
 
 fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
@@ -30,22 +30,6 @@ fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
 fn assert_refused(e: &tonic::Status, code: Code, text: &str) {
     assert_eq!(e.code(), code, "{e:?}");
     assert!(e.message().contains(text), "{}", e.message());
-}
-
-/// Polls `f` every 50 ms until it returns `Some`, for at most `limit`.
-async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let started = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -474,3 +474,20 @@ pub(crate) async fn put_bytes(
     msgs.push(finish(Some(Sha256::digest(data).into())));
     put(server, msgs).await
 }
+
+/// Polls `f` every 50 ms until it returns `Some`, for at most `limit`
+/// (then fails, naming `what`).
+pub(crate) async fn eventually<T, F, Fut>(limit: std::time::Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
