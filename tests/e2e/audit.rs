@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::testkit::{custody_offline, ffmpeg_segments, Server};
+use crate::testkit::{audit_verify as verify, custody_offline, ffmpeg_segments, Server};
 use custody_core::{Clock, SystemClock, Timestamp};
 use custody_proto::v1 as pb;
 use custody_proto::v1::audit_service_client::AuditServiceClient;
@@ -33,30 +33,6 @@ fn audit_ls(server: &Server, filters: &[&str]) -> Vec<Value> {
         .as_array()
         .expect("array")
         .clone()
-}
-
-/// `custody audit verify` on a data dir: (success, stdout + stderr).
-fn verify(data: &Path, head: Option<&Path>) -> (bool, String) {
-    let store = data.to_str().unwrap();
-    let key = data.join("keys/keyring.toml");
-    let mut args = vec![
-        "audit",
-        "verify",
-        "--store",
-        store,
-        "--key-file",
-        key.to_str().unwrap(),
-    ];
-    if let Some(h) = head {
-        args.extend(["--head", h.to_str().unwrap()]);
-    }
-    let out = custody_offline(&args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
 }
 
 /// The batch objects, by first sequence number.

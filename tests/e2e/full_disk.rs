@@ -13,8 +13,7 @@ use std::time::Duration;
 use tonic::Code;
 
 use crate::testkit::{
-    custody_offline, eventually, files_under, json, put_bytes, read_all, secs, stored_objects,
-    Server,
+    audit_verify, eventually, files_under, json, put_bytes, read_all, secs, stored_objects, Server,
 };
 
 /// The tmpfs's size and the reserve the node keeps on it.
@@ -242,19 +241,6 @@ async fn a_full_disk_refuses_footage_keeps_the_audit_and_recovers() {
         })
         .count();
     assert!(refused >= 1, "no refused read on record: {records}");
-    let key = data.join("keys/keyring.toml");
-    let out = custody_offline(&[
-        "audit",
-        "verify",
-        "--store",
-        data.to_str().unwrap(),
-        "--key-file",
-        key.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "audit verify: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, out) = audit_verify(&data, None);
+    assert!(ok && out.contains("audit chain OK"), "{out}");
 }

@@ -491,3 +491,27 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// `custody audit verify` on a data dir: (success, stdout + stderr).
+pub(crate) fn audit_verify(data: &Path, head: Option<&Path>) -> (bool, String) {
+    let store = data.to_str().unwrap();
+    let key = data.join("keys/keyring.toml");
+    let mut args = vec![
+        "audit",
+        "verify",
+        "--store",
+        store,
+        "--key-file",
+        key.to_str().unwrap(),
+    ];
+    if let Some(h) = head {
+        args.extend(["--head", h.to_str().unwrap()]);
+    }
+    let out = custody_offline(&args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
