@@ -1055,15 +1055,17 @@ async fn ingest_bench(args: Args) -> Result<()> {
                 r_busy
             );
             // What no ingest can avoid beyond a raw write: sealing and
-            // hashing on the node, hashing on the client. Where the raw
-            // writes already keep the cores busy, that bounds the ratio.
+            // hashing on the node, hashing on the client. With every core
+            // busy on that alone, ingest could reach cores / floor
+            // segments per second: the ratio to raw can be no higher.
             let floor = r_cpu + size as f64 / 1e3 * (1.0 / seal + 1.0 / hash);
+            let ceiling = (cores as f64 * 1e3 / floor / r.sps).min(1.0);
             println!(
-                "{:<26} {:>6} floor {floor:.3} CPU ms/seg (raw + sealing and hashing + the client's hash): \
-                 at most {:.2}x raw when the cores are the limit (raw busy {r_busy:.0}%)",
+                "{:<26} {:>6} floor {floor:.3} CPU ms/seg (raw's + sealing and hashing + the client's hash): \
+                 {:.0} seg/s on {cores} busy cores, at most {ceiling:.2}x raw",
                 "  ceiling",
                 flight,
-                r_cpu / floor
+                cores as f64 * 1e3 / floor,
             );
         }
         best_sps.push((size, best));
